@@ -1,0 +1,1 @@
+"""Prefect 3 flows: thin wrappers around the functions in `tasks`."""

@@ -1,0 +1,1 @@
+"""tlpipe's plain, Prefect-free functions: one module per pipeline step."""

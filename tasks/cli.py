@@ -1,0 +1,80 @@
+"""The `tlpipe` command. DVC stages call these subcommands; they import no Prefect.
+
+    tlpipe fetch KEY          download/mirror a dataset into data/raw/KEY
+    tlpipe prepare KEY        build data/processed/KEY (shards + manifest)
+    tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
+    tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from tasks.config import find_project
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.run(args)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        # Expected failures (bad input, failed download) get one clear line, not a traceback.
+        print(f"tlpipe {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
+    return 0
+
+
+def _fetch(args):
+    from tasks.fetch import fetch
+
+    record = fetch(find_project(), args.key)
+    return {"dataset": args.key, "format": record["format"], "files": len(record["files"]),
+            "skipped": record["skipped"]}
+
+
+def _prepare(args):
+    from tasks.prepare import prepare
+
+    manifest = prepare(find_project(), args.key)
+    return {"dataset": args.key, "splits": {s: v["count"] for s, v in manifest["splits"].items()},
+            "skipped": manifest["skipped"]}
+
+
+def _pipeline(args):
+    from flows.pipeline import pipeline
+
+    return pipeline(datasets=args.keys or None, root=str(find_project().root))
+
+
+def _serve(args):
+    from flows.pipeline import pipeline
+
+    pipeline.serve(name=args.name, cron=args.cron, parameters={"root": str(find_project().root)})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, run, help_ in (("fetch", _fetch, "fetch a dataset's files"),
+                             ("prepare", _prepare, "build a dataset's TFRecord shards")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("key", help="dataset key from params.yaml (e.g. mnist, emnist_letters)")
+        p.set_defaults(run=run)
+    p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
+    p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`)")
+    p.set_defaults(run=_pipeline)
+    p = sub.add_parser("serve", help="serve the pipeline flow as a scheduled Prefect deployment")
+    p.add_argument("--name", default="tlpipe-nightly")
+    p.add_argument("--cron", default="0 3 * * *")
+    p.set_defaults(run=_serve)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""fetch@<key>: download a dataset's files (or take them from a mirror) into data/raw/<key>/."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from tasks.config import Project, mirror
+from tasks.download import NotFound, download
+from tasks.io import atomic_dir, write_json
+from tasks.remote_zip import fetch_zip_member
+from tasks.sources import RemoteFile, source
+
+log = logging.getLogger(__name__)
+
+
+def fetch(project: Project, key: str) -> dict:
+    """Fetch dataset `key`; returns the record also written to data/raw/<key>/fetch.json."""
+    params = project.params()
+    fetch_params = (params.get("fetch") or {}).get(key) or {}
+    sets = {fmt: [with_pins(f, fetch_params.get("sha256") or {}) for f in files]
+            for fmt, files in source(key).file_sets(fetch_params).items()}
+    options = _download_options(params)
+    base = mirror(params)
+    misses = []
+    with atomic_dir(project.raw_dir(key)) as tmp:
+        for fmt, files in sets.items():
+            try:
+                record = _fetch_set(files, tmp, base, options)
+            except NotFound as e:
+                misses.append(f"{fmt}: {e}")
+                log.warning("%s: %s form not available (%s)%s", key, fmt, e,
+                            "; trying the next form" if len(misses) < len(sets) else "")
+                _clear(tmp)
+                continue
+            record = {"dataset": key, "format": fmt, "mirror": base, "unavailable_forms": misses, **record}
+            write_json(tmp / "fetch.json", record)
+            return record
+        raise NotFound(404, key, f"{key}: no form of the dataset could be fetched: " + "; ".join(misses))
+
+
+def with_pins(f: RemoteFile, pins: dict) -> RemoteFile:
+    """Apply `fetch.<key>.sha256: {file or archive name: sum}` from params.yaml.
+
+    For copies whose bytes differ from upstream on purpose (a re-encoded private mirror, test
+    fixtures): the pin still has to match, it is just a different pin.
+    """
+    archive = Path(f.mirror_path).name
+    return replace(f, sha256=pins.get(f.name, f.sha256), archive_sha256=pins.get(archive, f.archive_sha256))
+
+
+def _fetch_set(files: list[RemoteFile], out: Path, base: str | None, options: dict) -> dict:
+    fetched, skipped = [], []
+    for f in files:
+        try:
+            fetched.append(fetch_file(f, out / f.name, base, options))
+        except NotFound as e:
+            if not f.optional:
+                raise
+            skipped.append({"file": f.name, "reason": f"optional file not found: {e}"})
+    return {"files": fetched, "skipped": skipped}
+
+
+def fetch_file(f: RemoteFile, dest: Path, base: str | None, options: dict) -> dict:
+    """Fetch one file, trying each location a mirror may hold it at; NotFound if none has it."""
+    errors = []
+    for url, member in locations(f, base):
+        try:
+            if member:
+                record = fetch_zip_member(url, member, dest, archive_sha256=f.archive_sha256,
+                                          member_sha256=f.sha256, **options)
+            else:
+                record = download(url, dest, sha256=f.sha256, expect=f.expect, **options)
+            # Records name the mirror symbolically, so they are the same on every machine.
+            return {**record, "url": url.replace(join(base, "x")[:-1], "$TLPIPE_MIRROR/") if base else url,
+                    "path": f.name}
+        except NotFound as e:
+            errors.append(str(e))
+    raise NotFound(404, f.url, f"{f.name}: " + "; ".join(errors))
+
+
+def locations(f: RemoteFile, base: str | None) -> list[tuple[str, str | None]]:
+    """(url, zip member or None) candidates for `f`: upstream, or the mirror's copies."""
+    if not base:
+        return [(f.url, f.member)]
+    archive = join(base, f.mirror_path)
+    if not f.member:
+        return [(archive, None)]
+    # A mirror may hold the archive, or the member already extracted beside where the archive would be.
+    extracted = join(base, str(Path(f.mirror_path).parent / f.member))
+    return [(archive, f.member), (extracted, None)]
+
+
+def join(base: str, path: str) -> str:
+    if "://" in base:
+        return base.rstrip("/") + "/" + path
+    return str(Path(base).expanduser().resolve() / path)
+
+
+def _download_options(params: dict) -> dict:
+    d = params.get("download") or {}
+    return {"retries": int(d.get("retries", 5)), "backoff_s": float(d.get("backoff_s", 1.0)),
+            "timeout_s": float(d.get("timeout_s", 60))}
+
+
+def _clear(directory: Path) -> None:
+    for p in directory.iterdir():
+        p.unlink()
+
+
+def read_record(raw_dir: Path) -> dict:
+    return json.loads((raw_dir / "fetch.json").read_text())

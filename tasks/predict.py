@@ -1,0 +1,60 @@
+"""Predict with an exported TFLite model: `tlpipe predict MODEL.tflite IMAGE...`.
+
+Labels come from `labels.txt` beside the model (line i = class id i). Images are read with PIL,
+converted to the model's channels (greyscale for 1), resized to its input size, fed as raw pixels
+(quantised when the input tensor is int8/uint8 with a scale).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tasks.export import dequantize_output, make_interpreter, quantize_input
+
+
+def read_labels(tflite_path: Path) -> list[str]:
+    path = Path(tflite_path).with_name("labels.txt")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no labels.txt beside the model (export writes one)")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
+    """uint8 [H, W, C] pixels of an image file, greyscaled / resized to the model's input."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if channels == 1 else arr
+
+
+def predict(tflite_path: Path, image_paths: list, top_k: int = 3) -> list[dict]:
+    """For each image: `{"image", "top": [{"label", "score"}, ...]}`, best first."""
+    labels = read_labels(tflite_path)
+    interp = make_interpreter(tflite_path)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    _, h, w, c = (int(d) for d in inp["shape"])
+    interp.resize_tensor_input(inp["index"], [1, h, w, c])
+    interp.allocate_tensors()
+    results = []
+    for path in image_paths:
+        interp.set_tensor(inp["index"], quantize_input(load_image(path, h, w, c)[None], inp))
+        interp.invoke()
+        scores = dequantize_output(interp.get_tensor(out["index"]), out)[0]
+        best = np.argsort(-scores, kind="stable")[:top_k]
+        results.append({"image": str(path),
+                        "top": [{"label": labels[i], "score": float(scores[i])} for i in best]})
+    return results
+
+
+def format_predictions(results: list[dict]) -> str:
+    """Human-readable lines for the CLI."""
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        lines += [f"  {t['label']:>12}  {t['score']:.4f}" for t in r["top"]]
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""prepare@<key>: raw files → normalized arrays → hash splits → sharded TFRecords + manifest."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+
+from tasks.config import Project, workers
+from tasks.io import atomic_dir
+from tasks.shards import write_dataset
+from tasks.sources import Loaded, source
+from tasks.splits import carve, shuffle_order
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+
+
+def prepare(project: Project, key: str) -> dict:
+    """Build data/processed/<key>/ from data/raw/<key>/; returns the manifest."""
+    params = project.params()
+    p = (params.get("prepare") or {}).get(key) or {}
+    raw_dir = project.raw_dir(key)
+    start = time.perf_counter()
+    loaded = source(key).load(raw_dir)
+    splits, notes = assign_splits(loaded, float(p.get("validation_percentage", 10)),
+                                  float(p.get("testing_percentage", 10)))
+    fetched = _fetch_record(raw_dir)
+    extra = {
+        "dataset": key,
+        "skipped": fetched.get("skipped", []),
+        "notes": loaded.notes + notes,
+        "source": {"format": fetched.get("format"),
+                   "files": [{k: f.get(k) for k in ("url", "member", "sha256", "verified")}
+                             for f in fetched.get("files", [])]},
+        "params": p,
+    }
+    with atomic_dir(project.processed_dir(key)) as tmp:
+        manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(p.get("shard_mb", 128)),
+                                 min_shards=int(p.get("min_shards", 1)), workers=workers(params), extra=extra)
+    log.info("prepare %s: %s in %.1f s", key,
+             {s: v["count"] for s, v in manifest["splits"].items()}, time.perf_counter() - start)
+    return manifest
+
+
+def assign_splits(loaded: Loaded, validation_percentage: float, testing_percentage: float):
+    """Official splits kept; validation (and test, when there is none) carved from train by hash.
+
+    Returns ({split: (images, labels, source_ids)} in a stable shuffled order, notes).
+    """
+    has_test = "test" in loaded.splits
+    parts: dict[str, list] = {s: [] for s in SPLITS}
+    for official, (images, labels) in loaded.splits.items():
+        ids = [f"{loaded.source_name}/{official}/{i:06d}" for i in range(len(labels))]
+        if official == "train":
+            names = carve(ids, validation_percentage, 0.0 if has_test else testing_percentage)
+        else:
+            names = np.full(len(ids), official, dtype=object)
+        for split in SPLITS:
+            idx = np.flatnonzero(names == split)
+            if len(idx):
+                parts[split].append((images[idx], labels[idx], [ids[i] for i in idx]))
+    out = {}
+    for split, chunks in parts.items():
+        if chunks:
+            images = np.concatenate([c[0] for c in chunks])
+            labels = np.concatenate([c[1] for c in chunks])
+            ids = [i for c in chunks for i in c[2]]
+            order = shuffle_order(ids)
+            out[split] = (images[order], labels[order], [ids[i] for i in order])
+    notes = [f"validation: {validation_percentage:g}% of official train by stable hash of source id"]
+    if not has_test:
+        notes.append(f"test: {testing_percentage:g}% of official train by stable hash (no official test split)")
+    return out, notes
+
+
+def _fetch_record(raw_dir) -> dict:
+    path = raw_dir / "fetch.json"
+    return json.loads(path.read_text()) if path.exists() else {}

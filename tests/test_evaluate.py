@@ -1,0 +1,74 @@
+"""Evaluation metrics on hand-made confusions, the blessing gate, and the evaluate outputs."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.evaluate import bless, confusion_matrix, evaluate, most_confused, per_class_metrics, top_k_accuracy
+from tasks.models import build
+from tasks.shards import write_dataset
+
+
+def test_metrics_on_a_hand_made_confusion():
+    # actual a: 3 right, 1 taken for b; actual b: 2 right; actual c: 1 right, 2 taken for b, 1 for a
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 0, 0, 1, 1, 1, 2, 1, 1, 0]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    np.testing.assert_array_equal(cm, [[3, 1, 0], [0, 2, 0], [1, 2, 1]])
+    m = per_class_metrics(cm, ["a", "b", "c"])
+    assert m["a"] == pytest.approx({"precision": 3 / 4, "recall": 3 / 4, "f1": 3 / 4, "support": 4})
+    assert m["b"]["precision"] == pytest.approx(2 / 5) and m["b"]["recall"] == 1.0
+    assert m["b"]["f1"] == pytest.approx(2 * 0.4 / 1.4)
+    assert m["c"] == pytest.approx({"precision": 1.0, "recall": 1 / 4, "f1": 0.4, "support": 4})
+    assert most_confused(cm, ["a", "b", "c"], 2) == [{"actual": "c", "predicted": "b", "count": 2},
+                                                     {"actual": "c", "predicted": "a", "count": 1}]
+
+
+def test_undefined_precision_is_zero_not_nan():
+    m = per_class_metrics(confusion_matrix([0, 0], [0, 0], 2), ["x", "y"])
+    assert m["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_top_k_accuracy():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    y = np.array([1, 2, 2])
+    assert top_k_accuracy(probs, y, 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(probs, y, 2) == pytest.approx(2 / 3)
+    assert top_k_accuracy(probs, y, 5) == 1.0
+
+
+def test_blessing_gate(tmp_path):
+    params = {"min_accuracy": 0.9, "max_regression": 0.01}
+    assert bless({"accuracy": 0.95}, params, None)["blessed"] is True
+    assert bless({"accuracy": 0.85}, params, None)["blessed"] is False
+    base = tmp_path / "blessed.json"
+    base.write_text(json.dumps({"accuracy": 0.97}))
+    assert bless({"accuracy": 0.965}, params, base)["blessed"] is True
+    gate = bless({"accuracy": 0.95}, params, base)
+    assert gate["blessed"] is False and "regressed" in gate["reason"]
+    assert bless({"accuracy": 0.95}, params, tmp_path / "missing.json")["blessed"] is True
+
+
+def test_evaluate_writes_reports(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), rng.integers(0, 3, 40)
+    write_dataset(tmp_path / "data", {"test": (images, labels)}, ["a", "b", "c"])
+    keras.utils.set_random_seed(0)
+    model = build("reference_cnn", 3)
+    model.save(tmp_path / "model.keras")
+    expected = model.predict(images[..., None], verbose=0).argmax(axis=1)
+
+    out = tmp_path / "reports"
+    m = evaluate(tmp_path / "model.keras", tmp_path / "data", out, {"min_accuracy": 0.99, "top_k": 2})
+    assert m["accuracy"] == pytest.approx(np.mean(expected == labels))
+    assert m["blessed"] is False and "min_accuracy" in m["blessing"]["reason"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == m["accuracy"] and "top2_accuracy" in saved
+    rows = json.loads((out / "confusion.json").read_text())
+    assert len(rows) == 40 and set(rows[0]) == {"actual", "predicted"}
+    assert sum(r["actual"] != r["predicted"] for r in rows) == int(np.sum(expected != labels))
+    cm = np.loadtxt(out / "confusion_matrix.csv", delimiter=",", skiprows=1)
+    assert cm.sum() == 40 and np.trace(cm) == np.sum(expected == labels)
+    for png in ("confusion_matrix.png", "misclassified.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"

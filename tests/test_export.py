@@ -1,0 +1,103 @@
+"""TFLite export: int8 really is int8, parity really compares, labels sidecar, predict."""
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.export import export, make_interpreter, parity, run_tflite
+from tasks.models import build
+from tasks.predict import predict
+from tasks.shards import write_dataset
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def synthetic(n, seed):
+    """28x28 uint8 images whose bright 7x7 block position encodes the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+    for img, y in zip(images, labels):
+        img[4:11, 2 + 6 * y:9 + 6 * y] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    train, test = synthetic(96, 0), synthetic(48, 1)
+    write_dataset(tmp / "data", {"train": train, "test": test}, NAMES)
+    keras.utils.set_random_seed(0)
+    model = build("reference_cnn", 4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(train[0][..., None], train[1], batch_size=16, epochs=2, verbose=0)
+    model.save(tmp / "model.keras")
+    (tmp / "reports").mkdir()
+    (tmp / "reports" / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "blessed": True}))
+    result = export(tmp / "model.keras", tmp / "data", tmp / "models", {"latency_runs": 5},
+                    metrics_path=tmp / "reports" / "metrics.json", current_dir=tmp / "current")
+    keras_pred = model.predict(test[0][..., None], verbose=0).argmax(axis=1)
+    return tmp, result, test, keras_pred
+
+
+def test_int8_model_really_is_int8(exported):
+    tmp, result, _, _ = exported
+    interp = make_interpreter(tmp / "models" / "model_int8.tflite")
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    assert inp["quantization"] == pytest.approx((1.0, -128))  # raw pixel p is fed as p - 128
+    kinds = {t["dtype"] for t in interp.get_tensor_details()}
+    assert np.float32 not in kinds and np.int8 in kinds       # no float tensor left anywhere
+    assert result["int8"]["bytes"] < 0.35 * result["float32"]["bytes"]
+
+
+def test_parity_and_metrics_merge(exported):
+    tmp, result, (images, labels), keras_pred = exported
+    assert result["float32"]["agreement"] == 1.0
+    assert result["int8"]["agreement"] >= 0.9
+    assert result["float32"]["accuracy"] == pytest.approx(np.mean(keras_pred == labels))
+    assert result["float32"]["latency_ms"] > 0
+    metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
+    assert metrics["accuracy"] == 0.9 and set(metrics["tflite"]) == {"float32", "int8"}
+    assert set(metrics["tflite"]["int8"]) == {"accuracy", "agreement", "bytes", "latency_ms"}
+    assert result["current"] and (tmp / "current" / "model_int8.tflite").exists()
+    assert (tmp / "models" / "labels.txt").read_text().splitlines() == NAMES
+
+
+def test_parity_really_compares(exported):
+    tmp, _, (images, labels), keras_pred = exported
+    keras.utils.set_random_seed(7)
+    other = build("reference_cnn", 4).predict(images[..., None], verbose=0).argmax(axis=1)
+    assert not np.array_equal(other, keras_pred)
+    p = parity(tmp / "models" / "model_float32.tflite", images[..., None], labels, other,
+               {"batch_size": 16, "num_threads": 1, "latency_runs": 3})
+    assert p["agreement"] == pytest.approx(np.mean(other == keras_pred)) and p["agreement"] < 1
+
+
+def test_unblessed_model_is_not_made_current(exported, tmp_path):
+    tmp, _, _, _ = exported
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.1, "blessed": False}))
+    result = export(tmp / "model.keras", tmp / "data", tmp_path / "models", {"latency_runs": 2},
+                    metrics_path=tmp_path / "metrics.json", current_dir=tmp_path / "current")
+    assert result["current"] is False and not (tmp_path / "current").exists()
+    assert (tmp_path / "models" / "model_int8.tflite").exists()
+
+
+def test_predict_reads_labels_and_converts_images(exported, tmp_path):
+    tmp, _, (images, _), _ = exported
+    paths = []
+    for i in range(3):  # RGB and twice the size: predict must greyscale and resize
+        big = Image.fromarray(images[i]).resize((56, 56), Image.Resampling.NEAREST).convert("RGB")
+        big.save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    for kind in ("float32", "int8"):
+        model = tmp / "models" / f"model_{kind}.tflite"
+        out = predict(model, paths, top_k=3)
+        direct = run_tflite(model, images[:3, ..., None]).argmax(axis=1)
+        assert [r["top"][0]["label"] for r in out] == [NAMES[i] for i in direct]
+        for r in out:
+            scores = [t["score"] for t in r["top"]]
+            assert len(scores) == 3 and scores == sorted(scores, reverse=True)

@@ -1,0 +1,107 @@
+"""Training: outputs, resume really resumes, transfer keeps frozen weights, determinism."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.shards import write_dataset
+from tasks.train import recipe_for, train
+
+
+def synthetic(n, num_classes, seed=0):
+    """28x28 uint8 images whose bright 7x7 block position encodes the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+    for img, y in zip(images, labels):
+        r, c = divmod(int(y), 4)
+        img[2 + 6 * r:9 + 6 * r, 2 + 6 * c:9 + 6 * c] = 255
+    return images, labels
+
+
+def processed(path, num_classes=4, n=64, seed=0):
+    names = [chr(ord("a") + i) for i in range(num_classes)]
+    write_dataset(path, {s: synthetic(n, num_classes, seed + k) for k, s in
+                         enumerate(["train", "validation", "test"])}, names)
+    return path
+
+
+RECIPE = {"arch": "reference_cnn", "epochs": 3, "batch_size": 16, "lr": 1e-3, "seed": 1, "patience": 10}
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch, self.saved = at_epoch, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.saved = [w.copy() for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("killed")
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.start_weights = [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.start_weights is None:
+            self.start_weights = [w.copy() for w in self.model.get_weights()]
+        self.epochs.append(epoch)
+
+
+def test_recipe_merges_defaults():
+    params = {"train": {"batch_size": 64}, "models": {"m": {"arch": "bn_cnn", "epochs": 2}}}
+    r = recipe_for(params, "m")
+    assert (r["arch"], r["epochs"], r["batch_size"], r["freeze"]) == ("bn_cnn", 2, 64, "none")
+    with pytest.raises(KeyError):
+        recipe_for(params, "nope")
+
+
+def test_train_outputs_and_resume(tmp_path):
+    data = processed(tmp_path / "data")
+    out = tmp_path / "models" / "m"
+    stop = Interrupt(at_epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        train("m", RECIPE, data, out, extra_callbacks=[stop])
+    assert (out / "backup" / "training_metadata.json").exists()
+    assert len(json.loads(json.dumps([r for r in open(out / "log.csv")]))) == 2  # header + epoch 0
+
+    rec = Recorder()
+    summary = train("m", RECIPE, data, out, extra_callbacks=[rec])
+    assert summary["resumed"] is True
+    assert rec.epochs == [1, 2]                      # continued at epoch 2 (index 1), not from scratch
+    for a, b in zip(rec.start_weights, stop.saved):  # with the weights the killed run had reached
+        np.testing.assert_array_equal(a, b)
+    assert not (out / "backup").exists()
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert (out / "model.keras").exists() and any((out / "tb").iterdir())
+    live = (out / "dvclive" / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text().splitlines()
+    assert len(live) == 1 + 3                         # header + 3 epochs across both runs
+    assert summary["best_val_accuracy"] > 0.5         # the pattern is easy to learn
+
+    again = train("m", RECIPE, data, out)             # finished run: a rerun starts afresh
+    assert again["resumed"] is False and again["epochs_run"] == 3
+
+
+def test_transfer_keeps_frozen_weights_and_is_deterministic(tmp_path):
+    src_data, dst_data = processed(tmp_path / "src", 4), processed(tmp_path / "dst", 3, seed=5)
+    train("src", {**RECIPE, "epochs": 1}, src_data, tmp_path / "src_model")
+    source = keras.models.load_model(tmp_path / "src_model" / "model.keras")
+    recipe = {**RECIPE, "epochs": 2, "transfer_from": "src", "freeze": "conv"}
+    s1 = train("t", recipe, dst_data, tmp_path / "t1", source_model_path=tmp_path / "src_model" / "model.keras")
+    model = keras.models.load_model(tmp_path / "t1" / "model.keras")
+    assert model.output_shape == (None, 3)
+    for name in ("conv1", "conv2"):
+        for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(model.get_layer("dense1").get_weights()[0], source.get_layer("dense1").get_weights()[0])
+    assert s1["trainable_params"] < s1["params"]
+    s2 = train("t", recipe, dst_data, tmp_path / "t2", source_model_path=tmp_path / "src_model" / "model.keras")
+    h1, h2 = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("t1", "t2"))
+    assert h1 == h2 and s1["best_val_accuracy"] == s2["best_val_accuracy"]
