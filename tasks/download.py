@@ -189,9 +189,9 @@ class GzipCheck:
                 self.d = zlib.decompressobj(wbits=31)
             self.seen = True
             try:
-                self.d.decompress(data, CHUNK)
-                while self.d.unconsumed_tail:  # bounded memory on highly compressed data
-                    self.d.decompress(self.d.unconsumed_tail, CHUNK)
+                out = self.d.decompress(data, CHUNK)
+                while not self.d.eof and (self.d.unconsumed_tail or len(out) == CHUNK):
+                    out = self.d.decompress(self.d.unconsumed_tail, CHUNK)  # bounded memory
             except zlib.error as exc:
                 raise ContentError(f"corrupt gzip data from {self.source}: {exc}") from exc
             data = self.d.unused_data if self.d.eof else b""
@@ -284,35 +284,39 @@ def content_range_start(resp: requests.Response) -> tuple[int, int | None]:
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
 
 
+def position_sink(resp: requests.Response, sink: Sink, url: str) -> int | None:
+    """Check one answer and make the sink append (206) or start over (200); returns the total size."""
+    if resp.status_code == 416 and sink.size:
+        sink.reset()  # our offset is past the end: the file changed, start over
+        raise TransientError(f"range not satisfiable on resume from {url}")
+    check_status(resp, url)
+    if sink.expect and "text/html" in resp.headers.get("Content-Type", "").lower():
+        raise ContentError(f"got an HTML page where a {sink.expect} was expected from {url} "
+                           "(Content-Type text/html: a login page or a proxy error?)")
+    if resp.status_code == 206:
+        start, total = content_range_start(resp)
+        if start != sink.size:
+            sink.reset()
+            raise TransientError(f"asked for byte {sink.size}, got a range starting at {start} from {url}")
+        return total
+    if sink.size:
+        log.info("server ignored Range for %s; restarting from zero", url)
+    sink.reset()
+    length = resp.headers.get("Content-Length")
+    return int(length) if length else None
+
+
 def fetch_once(session, url, sink: Sink, bar, timeout_s) -> None:
     """One GET, resuming with Range when the sink already holds bytes."""
     headers = {"Accept-Encoding": "identity"}
     if sink.size:
         headers["Range"] = f"bytes={sink.size}-"
     with session.get(url, headers=headers, stream=True, timeout=timeout_s) as resp:
-        if resp.status_code == 416 and sink.size:
-            sink.reset()  # our offset is past the end: the file changed, start over
-            raise TransientError(f"range not satisfiable on resume from {url}")
-        check_status(resp, url)
-        if sink.expect and "text/html" in resp.headers.get("Content-Type", "").lower():
-            raise ContentError(f"got an HTML page where a {sink.expect} was expected from {url} "
-                               "(Content-Type text/html: a login page or a proxy error?)")
-        length = resp.headers.get("Content-Length")
-        if resp.status_code == 206 and sink.size:
-            start, total = content_range_start(resp)
-            if start != sink.size:
-                sink.reset()
-                raise TransientError(f"resume asked for byte {sink.size}, got {start} from {url}")
-        elif resp.status_code == 206:
-            raise TransientError(f"unexpected 206 to a plain GET from {url}")
-        else:
-            if sink.size:
-                log.info("server ignored Range for %s; restarting from zero", url)
-            sink.reset()
-            total = int(length) if length else None
+        total = position_sink(resp, sink, url)
         if bar.n != sink.size or bar.total != total:
             bar.reset(total=total)
             bar.update(sink.size)
+        length = resp.headers.get("Content-Length")
         got = 0
         for block in resp.raw.stream(CHUNK, decode_content=False):  # raw bytes, even if gzip-encoded
             sink.write(block)

@@ -50,6 +50,16 @@ def top_k_accuracy(probs: np.ndarray, y_true: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == y_true[:, None], axis=1)))
 
 
+def gate_params(evaluate_params: dict, model_key: str) -> dict:
+    """The `evaluate` section with per-model thresholds resolved: a dict-valued threshold
+    (`{default: .., <model_key>: ..}`) becomes the number for `model_key`."""
+    out = dict(evaluate_params or {})
+    for name in ("min_accuracy", "max_regression"):
+        if isinstance(out.get(name), dict):
+            out[name] = out[name].get(model_key, out[name].get("default", EVAL_DEFAULTS[name]))
+    return out
+
+
 def bless(metrics: dict, params: dict, baseline_path: Path | None) -> dict:
     """The gate: accuracy >= min_accuracy, and not below the last blessed model's by more than
     max_regression (when a blessed baseline metrics file exists)."""
@@ -127,7 +137,8 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
              *, baseline_path: Path | None = None) -> dict:
     """Evaluate `model_path` on the test split of `processed_dir`; write reports into `out_dir`.
 
-    `params` is the `evaluate` section of params.yaml (top_k, min_accuracy, max_regression, ...).
+    `params` is the `evaluate` section of params.yaml (top_k, min_accuracy, max_regression, ...), with
+    per-model thresholds already resolved by `gate_params(section, model_key)`.
     `baseline_path`: metrics.json of the last blessed model, if any (else `params["baseline"]`).
     """
     import keras

@@ -149,15 +149,23 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     result["num_threads"] = int(cfg["num_threads"])
     write_json(out_dir / "tflite.json", result)
 
-    metrics = {}
     if metrics_path and Path(metrics_path).exists():
         metrics = json.loads(Path(metrics_path).read_text())
         metrics["tflite"] = {k: result[k] for k in ("float32", "int8")}
         write_json(Path(metrics_path), metrics)
-    result["current"] = bool(current_dir and metrics.get("blessed"))
-    if result["current"]:
-        current_dir = Path(current_dir)
-        current_dir.mkdir(parents=True, exist_ok=True)
-        for path in [*files.values(), out_dir / "labels.txt", Path(metrics_path)]:
-            shutil.copy2(path, current_dir / path.name)
+    result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_path, current_dir)
     return result
+
+
+def promote(files: list, metrics_path: Path | None, current_dir: Path | None) -> bool:
+    """Copy `files` and the metrics file to `current_dir` if the metrics say blessed; else leave
+    the current model as it is. The copied metrics.json is the next evaluation's blessed baseline."""
+    if not (current_dir and metrics_path and Path(metrics_path).exists()):
+        return False
+    if not json.loads(Path(metrics_path).read_text()).get("blessed"):
+        return False
+    current_dir = Path(current_dir)
+    current_dir.mkdir(parents=True, exist_ok=True)
+    for path in [*map(Path, files), Path(metrics_path)]:
+        shutil.copy2(path, current_dir / path.name)
+    return True

@@ -83,13 +83,10 @@ def transfer(source_model: keras.Model, num_classes: int, freeze: str = "conv") 
     """
     if freeze not in FREEZE_CHOICES:
         raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {freeze!r}")
-    head = source_model.get_layer("head")
     model = keras.models.clone_model(source_model)
     model.set_weights(source_model.get_weights())
-    features = model.get_layer(index=len(model.layers) - 2).output  # the layer before the head
-    outputs = layers.Dense(num_classes, activation="softmax", name="head",
-                           dtype="float32")(features)
-    del head
+    features = model.get_layer("head").input  # what the old head saw
+    outputs = layers.Dense(num_classes, activation="softmax", name="head", dtype="float32")(features)
     new = keras.Model(model.inputs, outputs, name=f"{source_model.name}_transfer")
     for layer in new.layers:
         frozen = (freeze in ("conv", "conv_dense") and _is_conv_part(layer)) or (

@@ -344,11 +344,10 @@ class MemberStream:
             return
         try:
             out = self.inflate.decompress(data, CHUNK)
-            while True:
+            self.sink.write(out)
+            while not self.inflate.eof and (self.inflate.unconsumed_tail or len(out) == CHUNK):
+                out = self.inflate.decompress(self.inflate.unconsumed_tail, CHUNK)  # bounded memory
                 self.sink.write(out)
-                if not self.inflate.unconsumed_tail:
-                    break
-                out = self.inflate.decompress(self.inflate.unconsumed_tail, CHUNK)
         except zlib.error as exc:
             raise ZipFormatError(f"corrupt deflate data for {self.name!r}: {exc}") from exc
 

@@ -40,12 +40,12 @@ def recipe_for(params: dict, model_key: str) -> dict:
     return {**DEFAULTS, **params}
 
 
-def load_split(processed_dir: Path, split: str, *, shuffle: bool = False, seed: int = 0):
-    """(tf.data.Dataset of (uint8 image, int64 label), manifest) for one split."""
+def load_split(processed_dir: Path, split: str):
+    """(tf.data.Dataset of (uint8 image, int64 label) in stored order, manifest) for one split."""
     from tasks.shards import load_manifest, read_split
 
     manifest = load_manifest(processed_dir)
-    return read_split(processed_dir, split, shuffle=shuffle, seed=seed, manifest=manifest), manifest
+    return read_split(processed_dir, split, manifest=manifest), manifest
 
 
 def label_names(manifest: dict) -> list[str]:
@@ -57,34 +57,36 @@ def augmenter(config, seed: int):
     """A Keras layer stack of small random affine changes on uint8 images, or None."""
     if not config:
         return None
-
     cfg = {**AUGMENT_DEFAULTS, **(config if isinstance(config, dict) else {})}
     parts = [keras.layers.RandomTranslation(cfg["translate"], cfg["translate"], fill_mode="constant", seed=seed),
              keras.layers.RandomRotation(cfg["rotate"], fill_mode="constant", seed=seed + 1),
              keras.layers.RandomZoom(cfg["zoom"], fill_mode="constant", seed=seed + 2)]
-    return keras.Sequential([p for p in parts if p is not None])
+    return keras.Sequential(parts)
 
 
 def make_datasets(processed_dir: Path, recipe: dict):
-    """Batched, cached train/validation datasets and the manifest."""
+    """Batched, cached train/validation datasets and the manifest.
 
+    The decoded splits are cached in memory (MNIST/EMNIST are < 100 MB) and the train split is
+    reshuffled each epoch with the recipe seed; augmentation runs after batching, on uint8 pixels.
+    """
     seed, bs = int(recipe["seed"]), int(recipe["batch_size"])
     train, manifest = load_split(processed_dir, "train")
     val, _ = load_split(processed_dir, "validation")
-    n_train = manifest["splits"]["train"]["count"]
-    train = train.cache().shuffle(n_train, seed=seed, reshuffle_each_iteration=True).batch(bs)
+    n_train, n_val = (manifest["splits"][s]["count"] for s in ("train", "validation"))
+    train = train.apply(tf.data.experimental.assert_cardinality(n_train)).cache()
+    train = train.shuffle(n_train, seed=seed, reshuffle_each_iteration=True).batch(bs)
     aug = augmenter(recipe.get("augment"), seed)
     if aug is not None:
         def apply(x, y):
             x = aug(tf.cast(x, tf.float32), training=True)
             return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y
         train = train.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-    val = val.cache().batch(bs)
+    val = val.apply(tf.data.experimental.assert_cardinality(n_val)).cache().batch(bs)
     return train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE), manifest
 
 
 def learning_rate(recipe: dict, steps_per_epoch: int):
-
     lr, schedule = float(recipe["lr"]), recipe.get("schedule") or "constant"
     if schedule == "constant":
         return lr
@@ -95,7 +97,6 @@ def learning_rate(recipe: dict, steps_per_epoch: int):
 
 
 def build_model(recipe: dict, manifest: dict, source_model_path: Path | None):
-
     from tasks import models
 
     num_classes, shape = manifest["num_classes"], tuple(manifest["image_shape"])
@@ -159,16 +160,18 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
     A rerun after an interrupted training resumes from the last finished epoch (BackupAndRestore);
     a rerun after a finished one starts afresh. Returns the summary also written to train.json.
     """
-
     recipe = recipe_for(params, model_key)
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     live_dir = Path(live_dir) if live_dir else out_dir / "dvclive"
-    backup, log_csv = out_dir / "backup", out_dir / "log.csv"
-    resuming = (backup / "training_metadata.json").exists()
-    if not resuming:  # a fresh run: drop a finished run's logs
-        for p in (log_csv, out_dir / "tb", out_dir / "history.json", live_dir):
+    backup, log_csv, stamp = out_dir / "backup", out_dir / "log.csv", out_dir / "backup.recipe.json"
+    # resume only an unfinished training of the same recipe (a changed recipe starts afresh)
+    resuming = (backup / "training_metadata.json").exists() and stamp.exists() and \
+        json.loads(stamp.read_text()) == json.loads(json.dumps(recipe))
+    if not resuming:  # a fresh run: drop a finished or stale run's state and logs
+        for p in (backup, log_csv, out_dir / "tb", out_dir / "history.json", live_dir):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, recipe)
 
     gpus = tf.config.list_physical_devices("GPU")
     strategy = _setup(int(recipe["seed"]), gpus)
@@ -193,7 +196,8 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
     if HAVE_TENSORBOARD:  # tf.summary needs the tensorboard package; the venv may lack it
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb")))
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]), callbacks=callbacks, verbose=2)
+    model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]), callbacks=callbacks,
+              shuffle=False, verbose=2)  # shuffled by tf.data
     history = read_log(log_csv)
     write_json(out_dir / "history.json", history)
     summary = {

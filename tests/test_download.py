@@ -2,6 +2,7 @@ import gzip
 import hashlib
 import io
 import os
+import types
 import zipfile
 
 import pytest
@@ -183,7 +184,7 @@ def test_connection_refused_is_retried_then_raised(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     sleeps = []
-    monkeypatch.setattr(dl.time, "sleep", sleeps.append)
+    monkeypatch.setattr(dl, "time", types.SimpleNamespace(sleep=sleeps.append))
     with pytest.raises(DownloadError, match="gave up"):
         download(f"http://127.0.0.1:{port}/x", tmp_path / "x", retries=3, backoff_s=0.5, timeout_s=2)
     assert len(sleeps) == 3

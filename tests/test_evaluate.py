@@ -5,8 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.evaluate import bless, confusion_matrix, evaluate, most_confused, per_class_metrics, top_k_accuracy
+from tasks.evaluate import (bless, confusion_matrix, evaluate, gate_params, most_confused, per_class_metrics,
+                            top_k_accuracy)
 from tasks.models import build
+from tasks.report import write_report
 from tasks.shards import write_dataset
 
 
@@ -72,3 +74,31 @@ def test_evaluate_writes_reports(tmp_path):
     assert cm.sum() == 40 and np.trace(cm) == np.sum(expected == labels)
     for png in ("confusion_matrix.png", "misclassified.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gate_params_resolve_per_model_thresholds():
+    section = {"top_k": 3, "min_accuracy": {"default": 0.9, "m": 0.99}, "max_regression": 0.01}
+    assert gate_params(section, "m")["min_accuracy"] == 0.99
+    assert gate_params(section, "other")["min_accuracy"] == 0.9
+    assert gate_params({"min_accuracy": 0.5}, "m")["min_accuracy"] == 0.5
+
+
+def test_report_pages_and_index(tmp_path):
+    reports, models = tmp_path / "reports", tmp_path / "models"
+    history = [{"epoch": e, "accuracy": 0.5 + e / 10, "loss": 1 - e / 10, "val_accuracy": 0.6 + e / 10,
+                "val_loss": 0.9 - e / 10} for e in range(3)]
+    for key in ("mnist_scratch", "mnist_transfer_conv"):
+        (models / key).mkdir(parents=True)
+        (models / key / "history.json").write_text(json.dumps(history))
+        (models / key / "train.json").write_text(json.dumps(
+            {"recipe": {"dataset": "mnist", "arch": "reference_cnn"}, "epochs_run": 3, "best_val_accuracy": 0.8}))
+        (reports / key).mkdir(parents=True)
+        (reports / key / "metrics.json").write_text(json.dumps(
+            {"accuracy": 0.991, "blessed": True, "blessing": {"reason": "ok"},
+             "tflite": {k: {"accuracy": 0.99, "agreement": 1.0, "bytes": 1000, "latency_ms": 0.2}
+                        for k in ("float32", "int8")}}))
+    out = write_report(reports, ["mnist_scratch", "mnist_transfer_conv"], models_dir=models)
+    assert "99.10 %" in out["markdown"] and "transfer.png" in out["markdown"]
+    assert (reports / "transfer.png").exists() and (reports / "mnist_scratch" / "curves.png").exists()
+    page = (reports / "mnist_scratch" / "README.md").read_text()
+    assert "| int8 | 99.00 % | 100.00 % | 1,000 |" in page and "blessed" in page

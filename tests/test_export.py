@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.export import export, make_interpreter, parity, run_tflite
+from tasks.export import export, make_interpreter, parity, promote, run_tflite
 from tasks.models import build
 from tasks.predict import predict
 from tasks.shards import write_dataset
@@ -77,13 +77,18 @@ def test_parity_really_compares(exported):
     assert p["agreement"] == pytest.approx(np.mean(other == keras_pred)) and p["agreement"] < 1
 
 
-def test_unblessed_model_is_not_made_current(exported, tmp_path):
-    tmp, _, _, _ = exported
+def test_only_a_blessed_model_is_made_current(tmp_path):
+    model = tmp_path / "model_int8.tflite"
+    model.write_bytes(b"new")
+    (tmp_path / "current").mkdir()
+    (tmp_path / "current" / "model_int8.tflite").write_bytes(b"old")
     (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.1, "blessed": False}))
-    result = export(tmp / "model.keras", tmp / "data", tmp_path / "models", {"latency_runs": 2},
-                    metrics_path=tmp_path / "metrics.json", current_dir=tmp_path / "current")
-    assert result["current"] is False and not (tmp_path / "current").exists()
-    assert (tmp_path / "models" / "model_int8.tflite").exists()
+    assert promote([model], tmp_path / "metrics.json", tmp_path / "current") is False
+    assert (tmp_path / "current" / "model_int8.tflite").read_bytes() == b"old"
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "blessed": True}))
+    assert promote([model], tmp_path / "metrics.json", tmp_path / "current") is True
+    assert (tmp_path / "current" / "model_int8.tflite").read_bytes() == b"new"
+    assert json.loads((tmp_path / "current" / "metrics.json").read_text())["blessed"] is True
 
 
 def test_predict_reads_labels_and_converts_images(exported, tmp_path):

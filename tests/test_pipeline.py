@@ -112,3 +112,23 @@ def test_shards_do_not_depend_on_checkout_path_or_worker_count(tmp_path, mirror,
         sums.append({s: [sh["sha256"] for sh in v["shards"]] for s, v in manifest["splits"].items()})
     assert sums[0] == sums[1]
     assert len(sums[0]["train"]) == 2  # min_shards
+
+
+def test_batched_and_shuffled_reads_hold_the_same_examples(tmp_path, mirror):
+    pins = write_mirror(mirror, mat=False, idx=False)
+    root = tmp_path / "proj"
+    write_params(root, mirror=str(mirror), pins=pins, datasets=("mnist",))
+    project = Project(root)
+    fetch(project, "mnist")
+    prepare(project, "mnist")
+    one_by_one = read_back(project.processed_dir("mnist"), "train")
+    batched = {}
+    for images, labels, ids in read_split(project.processed_dir("mnist"), "train", batch_size=7,
+                                          shuffle=True, seed=3, with_ids=True):
+        assert images.shape[1:] == (28, 28, 1) and images.dtype == "uint8"
+        for image, label, sid in zip(images.numpy(), labels.numpy(), ids.numpy()):
+            batched[sid.decode()] = (image, int(label))
+    assert batched.keys() == one_by_one.keys()
+    for sid, (image, label) in batched.items():
+        np.testing.assert_array_equal(image, one_by_one[sid][0])
+        assert label == one_by_one[sid][1]

@@ -27,7 +27,7 @@ def processed(path, num_classes=4, n=64, seed=0):
     return path
 
 
-RECIPE = {"arch": "reference_cnn", "epochs": 3, "batch_size": 16, "lr": 1e-3, "seed": 1, "patience": 10}
+RECIPE = {"arch": "reference_cnn", "epochs": 2, "batch_size": 16, "lr": 1e-3, "seed": 1, "patience": 10}
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -69,35 +69,37 @@ def test_train_outputs_and_resume(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train("m", RECIPE, data, out, extra_callbacks=[stop])
     assert (out / "backup" / "training_metadata.json").exists()
-    assert len(json.loads(json.dumps([r for r in open(out / "log.csv")]))) == 2  # header + epoch 0
+    assert len((out / "log.csv").read_text().splitlines()) == 2  # header + epoch 0
 
     rec = Recorder()
     summary = train("m", RECIPE, data, out, extra_callbacks=[rec])
     assert summary["resumed"] is True
-    assert rec.epochs == [1, 2]                      # continued at epoch 2 (index 1), not from scratch
+    assert rec.epochs == [1]                         # continued at epoch 2 (index 1), not from scratch
     for a, b in zip(rec.start_weights, stop.saved):  # with the weights the killed run had reached
         np.testing.assert_array_equal(a, b)
     assert not (out / "backup").exists()
     history = json.loads((out / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert (out / "model.keras").exists() and any((out / "tb").iterdir())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert (out / "model.keras").exists()
+    assert summary["tensorboard"] == (out / "tb").is_dir()  # TensorBoard logs where it is installed
     live = (out / "dvclive" / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text().splitlines()
-    assert len(live) == 1 + 3                         # header + 3 epochs across both runs
+    assert len(live) == 1 + 2                         # header + 2 epochs across both runs
     assert summary["best_val_accuracy"] > 0.5         # the pattern is easy to learn
 
-    again = train("m", RECIPE, data, out)             # finished run: a rerun starts afresh
-    assert again["resumed"] is False and again["epochs_run"] == 3
+    again = train("m", {**RECIPE, "epochs": 1}, data, out)  # finished run: a rerun starts afresh
+    assert again["resumed"] is False and again["epochs_run"] == 1
 
 
 def test_transfer_keeps_frozen_weights_and_is_deterministic(tmp_path):
     src_data, dst_data = processed(tmp_path / "src", 4), processed(tmp_path / "dst", 3, seed=5)
-    train("src", {**RECIPE, "epochs": 1}, src_data, tmp_path / "src_model")
+    train("src", {**RECIPE, "epochs": 1, "arch": "bn_cnn", "augment": True, "schedule": "cosine"},
+          src_data, tmp_path / "src_model")
     source = keras.models.load_model(tmp_path / "src_model" / "model.keras")
-    recipe = {**RECIPE, "epochs": 2, "transfer_from": "src", "freeze": "conv"}
+    recipe = {**RECIPE, "epochs": 1, "transfer_from": "src", "freeze": "conv"}
     s1 = train("t", recipe, dst_data, tmp_path / "t1", source_model_path=tmp_path / "src_model" / "model.keras")
     model = keras.models.load_model(tmp_path / "t1" / "model.keras")
     assert model.output_shape == (None, 3)
-    for name in ("conv1", "conv2"):
+    for name in ("conv1", "conv1_bn", "conv2", "conv2_bn", "conv3"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
     assert not np.array_equal(model.get_layer("dense1").get_weights()[0], source.get_layer("dense1").get_weights()[0])
