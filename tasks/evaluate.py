@@ -134,12 +134,14 @@ def load_arrays(processed_dir: Path, split: str = "test"):
 
 
 def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
-             *, baseline_path: Path | None = None) -> dict:
+             *, baseline_path: Path | None = None, metrics_file: str = "metrics.json") -> dict:
     """Evaluate `model_path` on the test split of `processed_dir`; write reports into `out_dir`.
 
     `params` is the `evaluate` section of params.yaml (top_k, min_accuracy, max_regression, ...), with
     per-model thresholds already resolved by `gate_params(section, model_key)`.
     `baseline_path`: metrics.json of the last blessed model, if any (else `params["baseline"]`).
+    `metrics_file`: name of the metrics file in `out_dir` (e.g. "evaluation.json" when the export
+    stage writes the final metrics.json from it).
     """
     import keras
 
@@ -174,5 +176,5 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     wrong = np.flatnonzero(y_pred != y_true)[: int(cfg["grid"])]
     plot_examples(images[wrong], y_true[wrong], y_pred[wrong], names, out_dir / "misclassified.png",
                   title=f"misclassified (true -> pred), {int(np.sum(y_pred != y_true))} of {len(y_true)}")
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / metrics_file, metrics)
     return {**metrics, "most_confused": confused}

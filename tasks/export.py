@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,9 @@ def to_tflite_int8(model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return converter.convert()
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
+        warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
+        return converter.convert()
 
 
 def quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
@@ -122,9 +125,11 @@ def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred
 
 
 def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *,
-           metrics_path: Path | None = None, current_dir: Path | None = None) -> dict:
-    """Convert, check parity on the whole test split, merge `tflite` into `metrics_path` (evaluate's
-    metrics.json), and copy the exported files to `current_dir` when that metrics file says blessed."""
+           metrics_path: Path | None = None, metrics_out: Path | None = None,
+           current_dir: Path | None = None) -> dict:
+    """Convert, check parity on the whole test split, write evaluate's metrics (`metrics_path`) plus
+    `tflite` to `metrics_out` (default: back into `metrics_path`; a separate file keeps each DVC output
+    owned by one stage), and copy the exported files and metrics to `current_dir` if blessed."""
     import keras
 
     from tasks.evaluate import load_arrays
@@ -150,10 +155,13 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     write_json(out_dir / "tflite.json", result)
 
     if metrics_path and Path(metrics_path).exists():
+        metrics_out = Path(metrics_out or metrics_path)
         metrics = json.loads(Path(metrics_path).read_text())
         metrics["tflite"] = {k: result[k] for k in ("float32", "int8")}
-        write_json(Path(metrics_path), metrics)
-    result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_path, current_dir)
+        write_json(metrics_out, metrics)
+        result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_out, current_dir)
+    else:
+        result["current"] = False
     return result
 
 

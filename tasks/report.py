@@ -49,7 +49,7 @@ def plot_transfer(histories: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, history in histories.items():
-        ax.plot([h["epoch"] + 1 for h in history], [h["val_accuracy"] for h in history], "o-",
+        ax.plot([h["epoch"] + 1 for h in history], [h["val_accuracy"] for h in history], marker="o",
                 linestyle="--" if key.startswith("emnist") else "-", label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")

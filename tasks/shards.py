@@ -11,9 +11,10 @@ import hashlib
 import io
 import math
 import os
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -65,14 +66,14 @@ def example_bytes(encoded: bytes, shape: tuple, label: int, label_name: str, sou
     return example.SerializeToString(deterministic=True)
 
 
-def write_shard(job: ShardJob, encoded: list[bytes]) -> dict:
-    """Write one shard (temp name, then rename); returns its manifest entry."""
+def write_shard(job: ShardJob, encoded) -> dict:
+    """Write one shard from its encoded images (temp name, then rename); returns its manifest entry."""
     import tensorflow as tf
 
     tmp = job.path.with_name(f".{job.path.name}.tmp-{os.getpid()}")
     shape = job.images.shape[1:] if job.images.ndim == 4 else (*job.images.shape[1:], 1)
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for png, label, sid in zip(encoded, job.labels, job.source_ids):
+        for png, label, sid in zip(encoded, job.labels, job.source_ids, strict=True):
             writer.write(example_bytes(png, shape, label, job.label_names[label], sid))
     os.replace(tmp, job.path)
     return {"file": job.path.name, "count": len(job.labels), "sha256": _sha256(job.path),
@@ -83,26 +84,34 @@ def encode_chunk(images: np.ndarray) -> list[bytes]:
     return [encode_png(im) for im in images]
 
 
-class Encoder:
-    """Encodes image arrays to PNG, across `workers` spawned processes when workers > 1."""
+def encoded_images(jobs: list[ShardJob], workers: int, chunk: int = 1024):
+    """Yield, per job and in order, an iterator over its PNG bytes.
 
-    def __init__(self, workers: int, chunk: int = 1024):
-        self.chunk = chunk
-        self.pool = (ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-                     if workers > 1 else None)
+    With workers > 1, chunks are encoded by spawned processes (no TensorFlow in them, so they
+    start fast) a bounded number ahead of the writer, so encoding and writing overlap and memory
+    stays bounded whatever the dataset size.
+    """
+    if workers <= 1:
+        for job in jobs:
+            yield (encode_png(im) for im in job.images)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        chunks = (job.images[i:i + chunk] for job in jobs for i in range(0, len(job.images), chunk))
+        results = _ordered(pool, chunks, ahead=4 * workers)
+        for job in jobs:
+            n_chunks = -(-len(job.images) // chunk)
+            yield (png for part in islice(results, n_chunks) for png in part)
 
-    def __call__(self, images: np.ndarray) -> list[bytes]:
-        if self.pool is None:
-            return encode_chunk(images)
-        chunks = [images[i:i + self.chunk] for i in range(0, len(images), self.chunk)]
-        return [png for part in self.pool.map(encode_chunk, chunks) for png in part]
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+def _ordered(pool, chunks, ahead: int):
+    """Encoded chunks in submission order, with at most `ahead` chunks in flight."""
+    pending = deque()
+    for images in chunks:
+        pending.append(pool.submit(encode_chunk, images))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _sha256(path: Path) -> str:
@@ -148,8 +157,7 @@ def write_dataset(out_dir: Path, splits: dict, label_names: list[str], *, shard_
         ids = list(arrays[2]) if len(arrays) > 2 else [f"{split}/{i:07d}" for i in range(len(labels))]
         ordered[split] = (images, labels)
         jobs += plan_shards(out_dir, split, images, labels, ids, label_names, shard_mb, min_shards)
-    with Encoder(workers) as encode:
-        entries = [write_shard(job, encode(job.images)) for job in jobs]
+    entries = [write_shard(job, encoded) for job, encoded in zip(jobs, encoded_images(jobs, workers))]
     first = next(iter(ordered.values()))[0]
     manifest = {
         "num_classes": len(label_names),

@@ -143,6 +143,20 @@ def read_log(path: Path) -> list[dict]:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def prepare_out_dir(out_dir: Path, live_dir: Path, recipe: dict) -> bool:
+    """True if `out_dir` holds an unfinished training of this same recipe (to resume); otherwise
+    clear a finished or stale run's backup and logs so the run starts afresh."""
+    backup, stamp = out_dir / "backup", out_dir / "backup.recipe.json"
+    resuming = (backup / "training_metadata.json").exists() and stamp.exists() and \
+        json.loads(stamp.read_text()) == json.loads(json.dumps(recipe))
+    if not resuming:
+        for p in (backup, out_dir / "log.csv", out_dir / "tb", out_dir / "history.json", live_dir):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, recipe)
+    return resuming
+
+
 def _setup(seed: int, gpus: list):
 
     keras.utils.set_random_seed(seed)
@@ -163,15 +177,8 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
     recipe = recipe_for(params, model_key)
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     live_dir = Path(live_dir) if live_dir else out_dir / "dvclive"
-    backup, log_csv, stamp = out_dir / "backup", out_dir / "log.csv", out_dir / "backup.recipe.json"
-    # resume only an unfinished training of the same recipe (a changed recipe starts afresh)
-    resuming = (backup / "training_metadata.json").exists() and stamp.exists() and \
-        json.loads(stamp.read_text()) == json.loads(json.dumps(recipe))
-    if not resuming:  # a fresh run: drop a finished or stale run's state and logs
-        for p in (backup, log_csv, out_dir / "tb", out_dir / "history.json", live_dir):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(stamp, recipe)
+    resuming = prepare_out_dir(out_dir, live_dir, recipe)
+    backup, log_csv = out_dir / "backup", out_dir / "log.csv"
 
     gpus = tf.config.list_physical_devices("GPU")
     strategy = _setup(int(recipe["seed"]), gpus)

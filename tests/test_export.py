@@ -35,9 +35,10 @@ def exported(tmp_path_factory):
     model.fit(train[0][..., None], train[1], batch_size=16, epochs=2, verbose=0)
     model.save(tmp / "model.keras")
     (tmp / "reports").mkdir()
-    (tmp / "reports" / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "blessed": True}))
+    (tmp / "reports" / "evaluation.json").write_text(json.dumps({"accuracy": 0.9, "blessed": True}))
     result = export(tmp / "model.keras", tmp / "data", tmp / "models", {"latency_runs": 5},
-                    metrics_path=tmp / "reports" / "metrics.json", current_dir=tmp / "current")
+                    metrics_path=tmp / "reports" / "evaluation.json", metrics_out=tmp / "reports" / "metrics.json",
+                    current_dir=tmp / "current")
     keras_pred = model.predict(test[0][..., None], verbose=0).argmax(axis=1)
     return tmp, result, test, keras_pred
 
@@ -63,7 +64,9 @@ def test_parity_and_metrics_merge(exported):
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
     assert metrics["accuracy"] == 0.9 and set(metrics["tflite"]) == {"float32", "int8"}
     assert set(metrics["tflite"]["int8"]) == {"accuracy", "agreement", "bytes", "latency_ms"}
+    assert "tflite" not in json.loads((tmp / "reports" / "evaluation.json").read_text())
     assert result["current"] and (tmp / "current" / "model_int8.tflite").exists()
+    assert json.loads((tmp / "current" / "metrics.json").read_text())["tflite"] == metrics["tflite"]
     assert (tmp / "models" / "labels.txt").read_text().splitlines() == NAMES
 
 

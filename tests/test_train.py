@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.shards import write_dataset
-from tasks.train import recipe_for, train
+from tasks.train import prepare_out_dir, recipe_for, train
 
 
 def synthetic(n, num_classes, seed=0):
@@ -107,3 +107,14 @@ def test_transfer_keeps_frozen_weights_and_is_deterministic(tmp_path):
     s2 = train("t", recipe, dst_data, tmp_path / "t2", source_model_path=tmp_path / "src_model" / "model.keras")
     h1, h2 = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("t1", "t2"))
     assert h1 == h2 and s1["best_val_accuracy"] == s2["best_val_accuracy"]
+
+
+def test_a_changed_recipe_does_not_resume_a_stale_backup(tmp_path):
+    out, live = tmp_path / "m", tmp_path / "m" / "dvclive"
+    assert prepare_out_dir(out, live, RECIPE) is False
+    (out / "backup").mkdir()
+    (out / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    (out / "log.csv").write_text("epoch,accuracy\n0,0.5\n")
+    assert prepare_out_dir(out, live, RECIPE) is True and (out / "log.csv").exists()
+    assert prepare_out_dir(out, live, {**RECIPE, "lr": 0.5}) is False
+    assert not (out / "backup").exists() and not (out / "log.csv").exists()
