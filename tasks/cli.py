@@ -2,6 +2,11 @@
 
     tlpipe fetch KEY          download/mirror a dataset into data/raw/KEY
     tlpipe prepare KEY        build data/processed/KEY (shards + manifest)
+    tlpipe train MODEL        train a model recipe from params.yaml into models/MODEL
+    tlpipe evaluate MODEL     test-split metrics, confusion matrix, gate -> reports/MODEL
+    tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
+    tlpipe report             reports/README.md and one page per model
+    tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow
 """
@@ -45,10 +50,31 @@ def _prepare(args):
             "skipped": manifest["skipped"]}
 
 
+def _model_stage(name):
+    def run(args):
+        from tasks import model_stages
+
+        result = getattr(model_stages, f"{name}_stage")(find_project(), args.key)
+        return {k: v for k, v in result.items() if k not in ("recipe", "most_confused")}
+    return run
+
+
+def _report(args):
+    from tasks.model_stages import report_stage
+
+    return str(report_stage(find_project())["index"])
+
+
+def _predict(args):
+    from tasks.model_stages import predict_images
+
+    return predict_images(args.model, args.images, args.top_k)
+
+
 def _pipeline(args):
     from flows.pipeline import pipeline
 
-    return pipeline(datasets=args.keys or None, root=str(find_project().root))
+    return pipeline(datasets=args.keys or None, root=str(find_project().root), models=args.models)
 
 
 def _serve(args):
@@ -66,8 +92,19 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("key", help="dataset key from params.yaml (e.g. mnist, emnist_letters)")
         p.set_defaults(run=run)
+    for name in ("train", "evaluate", "export"):
+        p = sub.add_parser(name, help=f"{name} a model (a key of params.yaml `models`)")
+        p.add_argument("key", help="model key, e.g. emnist_cnn, mnist_transfer_conv")
+        p.set_defaults(run=_model_stage(name))
+    sub.add_parser("report", help="write reports/README.md and the model pages").set_defaults(run=_report)
+    p = sub.add_parser("predict", help="classify images with an exported .tflite model")
+    p.add_argument("model", help="a .tflite file (labels.txt beside it)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
     p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`)")
+    p.add_argument("--models", action="store_true", help="also train, evaluate, export and report every model")
     p.set_defaults(run=_pipeline)
     p = sub.add_parser("serve", help="serve the pipeline flow as a scheduled Prefect deployment")
     p.add_argument("--name", default="tlpipe-nightly")

@@ -121,13 +121,17 @@ def plot_examples(images, true, pred, names, path: Path, title: str = "misclassi
     plt.close(fig)
 
 
-def load_arrays(processed_dir: Path, split: str = "test"):
-    """(images uint8 N×H×W×C, labels int64 N, label names) of a split."""
-    from tasks.train import label_names, load_split
+def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = None):
+    """(images uint8 N×H×W×C, labels int64 N, label names) of a split (its first `limit` examples)."""
+    from tasks.shards import load_manifest, read_split
+    from tasks.train import label_names
 
-    ds, manifest = load_split(processed_dir, split)
+    manifest = load_manifest(processed_dir)
+    ds = read_split(processed_dir, split, batch_size=1024, manifest=manifest)
+    if limit:
+        ds = ds.unbatch().take(limit).batch(1024)
     xs, ys = [], []
-    for x, y in ds.batch(2048).as_numpy_iterator():
+    for x, y in ds.as_numpy_iterator():
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64), label_names(manifest)

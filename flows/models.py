@@ -1,0 +1,29 @@
+"""Prefect tasks for the model line: the same functions DVC's train@/evaluate@/export@/report call."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from tasks import model_stages
+from tasks.config import Project
+
+
+@task(name="train", task_run_name="train-{key}")
+def train_task(key: str, root: str) -> dict:
+    return model_stages.train_stage(Project(Path(root)), key)
+
+
+@task(name="evaluate", task_run_name="evaluate-{key}")
+def evaluate_task(key: str, root: str) -> dict:
+    return model_stages.evaluate_stage(Project(Path(root)), key)
+
+
+@task(name="export", task_run_name="export-{key}")
+def export_task(key: str, root: str) -> dict:
+    return model_stages.export_stage(Project(Path(root)), key)
+
+
+@task(name="report")
+def report_task(root: str) -> str:
+    return model_stages.report_stage(Project(Path(root)))["markdown"]

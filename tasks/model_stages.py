@@ -1,0 +1,104 @@
+"""The model line's stage functions: train@, evaluate@, export@ and report.
+
+Each takes a Project and a model key, resolves its paths and params, and calls the plain functions
+in train/evaluate/export/report. DVC stages (via `tlpipe`) and Prefect tasks both call these.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.config import Project
+
+RANDOM_INIT = "tasks/models.py"  # `init` of a model trained from scratch: its architecture code
+
+
+def model_params(params: dict, key: str) -> dict:
+    models = params.get("models") or {}
+    if key not in models:
+        raise KeyError(f"no model {key!r} in params.yaml models: {sorted(models)}")
+    return models[key]
+
+
+def source_model(project: Project, params: dict, key: str) -> Path | None:
+    """The trained model a transfer recipe starts from (`init: models/<key>/model.keras`), or None."""
+    init = model_params(params, key).get("init", RANDOM_INIT)
+    if init == RANDOM_INIT:
+        return None
+    path = project.root / init
+    if not path.exists():
+        raise FileNotFoundError(f"{key}: init model {init} does not exist; train that model first")
+    return path
+
+
+def with_transfer_key(params: dict, key: str) -> dict:
+    """params with models[key].transfer_from derived from its `init` path (for train and reports)."""
+    recipe = dict(model_params(params, key))
+    init = recipe.get("init", RANDOM_INIT)
+    recipe["transfer_from"] = None if init == RANDOM_INIT else Path(init).parent.name
+    return {**params, "models": {**params["models"], key: recipe}}
+
+
+def train_stage(project: Project, key: str) -> dict:
+    from tasks.train import train
+
+    params = project.params()
+    recipe = model_params(params, key)
+    return train(key, with_transfer_key(params, key), project.processed_dir(recipe["dataset"]),
+                 project.root / "models" / key, source_model(project, params, key))
+
+
+def gate(params: dict, key: str) -> dict:
+    """The evaluate settings for `key`: shared ones plus the model's own `min_accuracy`."""
+    cfg = dict(params.get("evaluate") or {})
+    recipe = model_params(params, key)
+    if "min_accuracy" in recipe:
+        cfg["min_accuracy"] = recipe["min_accuracy"]
+    return cfg
+
+
+def evaluate_stage(project: Project, key: str) -> dict:
+    from tasks.evaluate import evaluate
+
+    params = project.params()
+    return evaluate(project.root / "models" / key / "model.keras",
+                    project.processed_dir(model_params(params, key)["dataset"]),
+                    project.root / "reports" / key, gate(params, key), metrics_file="evaluation.json")
+
+
+def export_stage(project: Project, key: str) -> dict:
+    """TFLite float32 + int8 with parity; promote to models/<key>/current/ only if blessed.
+
+    The regression half of the gate is checked here, against the last blessed model's metrics in
+    models/<key>/current/ (this stage's own persistent output), so no stage reads a later one's.
+    """
+    from tasks.evaluate import bless
+    from tasks.export import export
+    from tasks.io import write_json
+
+    params = project.params()
+    reports, models = project.root / "reports" / key, project.root / "models" / key
+    evaluation = json.loads((reports / "evaluation.json").read_text())
+    baseline = models / "current" / "metrics.json"
+    evaluation.update(blessing=bless(evaluation, gate(params, key), baseline if baseline.exists() else None))
+    evaluation["blessed"] = evaluation["blessing"]["blessed"]
+    write_json(reports / "metrics.json", evaluation)
+    result = export(models / "model.keras", project.processed_dir(model_params(params, key)["dataset"]),
+                    models, params.get("export") or {}, metrics_path=reports / "metrics.json",
+                    current_dir=models / "current")
+    return {"model": key, "blessed": evaluation["blessed"], "current": result["current"],
+            **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
+
+
+def report_stage(project: Project) -> dict:
+    from tasks.report import write_report
+
+    params = project.params()
+    return write_report(project.root / "reports", list(params.get("models") or {}),
+                        models_dir=project.root / "models")
+
+
+def predict_images(model: str, images: list[str], top_k: int) -> str:
+    from tasks.predict import format_predictions, predict
+
+    return format_predictions(predict(Path(model), [Path(i) for i in images], top_k=top_k))

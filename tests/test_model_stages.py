@@ -1,0 +1,50 @@
+"""The model line's stage functions wired end to end on a tiny MNIST-format fixture."""
+import json
+
+import yaml
+
+from project import write_mirror, write_params
+from tasks.config import Project
+from tasks.fetch import fetch
+from tasks.model_stages import evaluate_stage, export_stage, report_stage, train_stage
+from tasks.prepare import prepare
+
+
+def tiny_project(tmp_path):
+    pins = write_mirror(tmp_path / "mirror", mat=False, idx=False)
+    root = tmp_path / "proj"
+    write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update({
+        "train": {"arch": "reference_cnn", "epochs": 1, "batch_size": 16, "seed": 1, "patience": 2},
+        "models": {
+            "mnist_scratch": {"dataset": "mnist", "init": "tasks/models.py", "min_accuracy": 0.0},
+            "mnist_transfer_conv": {"dataset": "mnist", "init": "models/mnist_scratch/model.keras",
+                                    "freeze": "conv", "min_accuracy": 0.0},
+        },
+        "evaluate": {"top_k": 3, "max_regression": 1.0, "grid": 4, "most_confused": 3},
+        "export": {"representative_samples": 16, "latency_runs": 3, "batch_size": 32},
+    })
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = Project(root)
+    fetch(project, "mnist")
+    prepare(project, "mnist")
+    return project
+
+
+def test_train_evaluate_export_report_in_dependency_order(tmp_path):
+    project = tiny_project(tmp_path)
+    for key in ("mnist_scratch", "mnist_transfer_conv"):
+        summary = train_stage(project, key)
+        assert summary["epochs_run"] == 1
+        evaluate_stage(project, key)
+        result = export_stage(project, key)
+        assert result["blessed"] and result["current"]
+    metrics = json.loads((project.root / "reports/mnist_transfer_conv/metrics.json").read_text())
+    assert {"accuracy", "blessed", "tflite"} <= metrics.keys()
+    assert set(metrics["tflite"]) == {"float32", "int8"}
+    assert (project.root / "models/mnist_transfer_conv/current/model_int8.tflite").exists()
+    train = json.loads((project.root / "models/mnist_transfer_conv/train.json").read_text())
+    assert train["recipe"]["transfer_from"] == "mnist_scratch"
+    index = report_stage(project)["markdown"]
+    assert "mnist_transfer_conv" in index and (project.root / "reports/mnist_scratch/README.md").exists()
