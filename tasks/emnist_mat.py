@@ -11,12 +11,12 @@ Images are returned exactly as stored (N×784, *not* transposed); see
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.io
+
+from tasks.io import atomic_file
 
 __all__ = ["MatFormatError", "read_emnist_mat", "write_emnist_mat", "SPLITS"]
 
@@ -202,17 +202,6 @@ def write_emnist_mat(path, splits: dict, mapping, *, writers: dict | None = None
     scipy.io.savemat(buf, {"dataset": dataset}, format="5", do_compression=do_compression, oned_as="column")
     data = bytearray(buf.getvalue())
     data[:116] = _FIXED_HEADER  # scipy stamps the creation time there; keep fixtures byte-deterministic
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as f:
+        f.write(data)
     return path

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from tasks.io import atomic_file
 
 __all__ = ["IdxError", "read_idx", "write_idx", "IDX_TYPES"]
 
@@ -189,23 +189,12 @@ def write_idx(path, array) -> Path:
     path = Path(path)
     arr = np.asarray(array)
     header, big = _idx_bytes_header(arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if path.name.endswith(".gz"):
-                with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
-                    gz.write(header)
-                    gz.write(big.reshape(-1).view(np.uint8))
-            else:
-                out.write(header)
-                out.write(big.reshape(-1).view(np.uint8))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as out:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+                gz.write(header)
+                gz.write(big.reshape(-1).view(np.uint8))
+        else:
+            out.write(header)
+            out.write(big.reshape(-1).view(np.uint8))
     return path
