@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import flow, task
 
 from tasks import model_stages
-from tasks.config import Project
+from tasks.config import Project, find_project
 
 
 @task(name="train", task_run_name="train-{key}")
@@ -27,3 +27,12 @@ def export_task(key: str, root: str) -> dict:
 @task(name="report")
 def report_task(root: str) -> str:
     return model_stages.report_stage(Project(Path(root)))["markdown"]
+
+
+@flow(name="tlpipe-model")
+def model_flow(key: str, root: str | None = None) -> dict:
+    """One model's line: train -> evaluate -> export (its init model and dataset must exist)."""
+    root = str(find_project(root).root)
+    train_task(key, root)
+    evaluate_task(key, root)
+    return export_task(key, root)

@@ -236,4 +236,5 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if batch_size:
         ds = ds.batch(batch_size)
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -42,3 +42,15 @@ def test_flow_task_retries_a_failed_fetch(tmp_path, prefect_harness, monkeypatch
 
     record = data.fetch_task.with_options(retry_delay_seconds=0)("mnist", str(root))
     assert calls == ["mnist", "mnist"] and record["format"] == "idx"
+
+
+def test_stage_flows_run_alone(tmp_path, prefect_harness):
+    from flows.data import fetch_flow, prepare_flow
+
+    mirror = tmp_path / "mirror"
+    pins = write_mirror(mirror, mat=False, idx=False)
+    root = tmp_path / "proj"
+    write_params(root, mirror=str(mirror), pins=pins, datasets=("mnist",))
+
+    assert fetch_flow(root=str(root)) == {"mnist": "idx"}
+    assert prepare_flow(root=str(root))["mnist"]["test"] == 30
