@@ -78,6 +78,7 @@ def export_stage(project: Project, key: str) -> dict:
 
     params = project.params()
     reports, models = project.root / "reports" / key, project.root / "models" / key
+    (models / "current").mkdir(parents=True, exist_ok=True)  # a declared output, even while empty
     evaluation = json.loads((reports / "evaluation.json").read_text())
     baseline = models / "current" / "metrics.json"
     evaluation.update(blessing=bless(evaluation, gate(params, key), baseline if baseline.exists() else None))
