@@ -142,7 +142,7 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     """Evaluate `model_path` on the test split of `processed_dir`; write reports into `out_dir`.
 
     `params` is the `evaluate` section of params.yaml (top_k, min_accuracy, max_regression, ...), with
-    per-model thresholds already resolved by `gate_params(section, model_key)`.
+    the model's own threshold already resolved (see `tasks.model_stages.gate`).
     `baseline_path`: metrics.json of the last blessed model, if any (else `params["baseline"]`).
     `metrics_file`: name of the metrics file in `out_dir` (e.g. "evaluation.json" when the export
     stage writes the final metrics.json from it).

@@ -1,7 +1,6 @@
 """fetch@<key>: download a dataset's files (or take them from a mirror) into data/raw/<key>/."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -107,7 +106,3 @@ def _download_options(params: dict) -> dict:
 def _clear(directory: Path) -> None:
     for p in directory.iterdir():
         p.unlink()
-
-
-def read_record(raw_dir: Path) -> dict:
-    return json.loads((raw_dir / "fetch.json").read_text())
