@@ -121,6 +121,30 @@ def plot_examples(images, true, pred, names, path: Path, title: str = "misclassi
     plt.close(fig)
 
 
+def evaluation_split(manifest: dict) -> str:
+    """The split models are judged on: test, or validation where the dataset has no test split
+    (e.g. the cards mirror here, which holds train and valid only)."""
+    splits = manifest.get("splits") or {}
+    return "test" if splits.get("test", {}).get("count") else "validation"
+
+
+def attribute_accuracy(y_true, y_pred, names: list[str], attributes: dict) -> dict:
+    """For each label attribute (e.g. a banknote's denomination): the share of examples whose
+    predicted class has the true class's value of it, overall and per value.
+
+    `attributes` maps class name -> {attribute: value} (the manifest's `label_attributes`).
+    """
+    result = {}
+    for attr in sorted({a for v in attributes.values() for a in v}):
+        value = np.array([str(attributes.get(n, {}).get(attr)) for n in names])
+        true_v, pred_v = value[np.asarray(y_true)], value[np.asarray(y_pred)]
+        hit = true_v == pred_v
+        result[attr] = {"accuracy": float(np.mean(hit)) if len(hit) else 0.0,
+                        "per_value": {v: {"accuracy": float(np.mean(hit[true_v == v])), "count": int(np.sum(true_v == v))}
+                                      for v in sorted(set(true_v))}}
+    return result
+
+
 def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = None):
     """(images uint8 N×H×W×C, labels int64 N, label names) of a split (its first `limit` examples)."""
     from tasks.shards import load_manifest, read_split
@@ -139,7 +163,8 @@ def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = No
 
 def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
              *, baseline_path: Path | None = None, metrics_file: str = "metrics.json") -> dict:
-    """Evaluate `model_path` on the test split of `processed_dir`; write reports into `out_dir`.
+    """Evaluate `model_path` on the test split of `processed_dir` (validation where there is no test
+    split; `split` in the metrics says which); write reports into `out_dir`.
 
     `params` is the `evaluate` section of params.yaml (top_k, min_accuracy, max_regression, ...), with
     the model's own threshold already resolved (see `tasks.model_stages.gate`).
@@ -152,7 +177,11 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     cfg = {**EVAL_DEFAULTS, **(params or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images, y_true, names = load_arrays(processed_dir, "test")
+    from tasks.shards import load_manifest
+
+    manifest = load_manifest(processed_dir)
+    split = evaluation_split(manifest)
+    images, y_true, names = load_arrays(processed_dir, split)
     model = keras.models.load_model(model_path)
     probs = model.predict(images, batch_size=int(cfg["batch_size"]), verbose=0)
     y_pred = probs.argmax(axis=1)
@@ -166,12 +195,16 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
         "macro_recall": float(np.mean([c["recall"] for c in per_class.values()])),
         "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
         "test_count": int(len(y_true)),
+        "split": split,
     }
+    by_attribute = attribute_accuracy(y_true, y_pred, names, manifest.get("label_attributes") or {})
+    metrics.update({f"{attr}_accuracy": v["accuracy"] for attr, v in by_attribute.items()})
     gate = bless(metrics, cfg, baseline_path or cfg.get("baseline"))
     metrics.update(blessed=gate["blessed"], blessing=gate)
     confused = most_confused(cm, names, int(cfg["most_confused"]))
 
-    write_json(out_dir / "per_class.json", {"per_class": per_class, "most_confused": confused})
+    write_json(out_dir / "per_class.json", {"per_class": per_class, "most_confused": confused,
+                                            "by_attribute": by_attribute})
     write_json(out_dir / "confusion.json", [{"actual": names[a], "predicted": names[p]}
                                             for a, p in zip(y_true, y_pred)])
     np.savetxt(out_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",",

@@ -17,8 +17,8 @@ import numpy as np
 
 from tasks.io import write_json
 
-EXPORT_DEFAULTS = {"representative_samples": 500, "latency_runs": 200, "num_threads": 1, "batch_size": 256,
-                   "seed": 0}
+EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
+                   "num_threads": 1, "batch_size": 256, "seed": 0}
 
 
 def make_interpreter(model_path: Path, num_threads: int = 1):
@@ -127,20 +127,22 @@ def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred
 def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *,
            metrics_path: Path | None = None, metrics_out: Path | None = None,
            current_dir: Path | None = None) -> dict:
-    """Convert, check parity on the whole test split, write evaluate's metrics (`metrics_path`) plus
+    """Convert, check parity on the whole evaluation split (test, else validation), write evaluate's metrics (`metrics_path`) plus
     `tflite` to `metrics_out` (default: back into `metrics_path`; a separate file keeps each DVC output
     owned by one stage), and copy the exported files and metrics to `current_dir` if blessed."""
     import keras
 
-    from tasks.evaluate import load_arrays
+    from tasks.evaluate import evaluation_split, load_arrays
+    from tasks.shards import load_manifest
 
     cfg = {**EXPORT_DEFAULTS, **(params or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = keras.models.load_model(model_path)
     n_rep = int(cfg["representative_samples"])
-    # splits are stored in hash-shuffled order: a seeded draw from the first 10x is a fair sample
-    train_x, _, names = load_arrays(processed_dir, "train", limit=10 * n_rep)
+    # splits are stored in hash-shuffled order: a seeded draw from the first few x is a fair sample
+    # (a small multiple keeps memory bounded for 224x224 photos)
+    train_x, _, names = load_arrays(processed_dir, "train", limit=int(cfg["representative_pool"]) * n_rep)
     pick = np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]
     files = {"float32": out_dir / "model_float32.tflite", "int8": out_dir / "model_int8.tflite"}
     files["float32"].write_bytes(to_tflite_float32(model))
@@ -148,12 +150,13 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     del train_x
 
-    images, labels, _ = load_arrays(processed_dir, "test")
+    split = evaluation_split(load_manifest(processed_dir))
+    images, labels, _ = load_arrays(processed_dir, split)
     keras_pred = model.predict(images, batch_size=512, verbose=0).argmax(axis=1)
     result = {kind: parity(path, images, labels, keras_pred, cfg) for kind, path in files.items()}
     result["keras_accuracy"] = float(np.mean(keras_pred == labels))
     result["int8_size_ratio"] = result["int8"]["bytes"] / result["float32"]["bytes"]
-    result["num_threads"] = int(cfg["num_threads"])
+    result["num_threads"], result["split"] = int(cfg["num_threads"]), split
     write_json(out_dir / "tflite.json", result)
 
     if metrics_path and Path(metrics_path).exists():

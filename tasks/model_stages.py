@@ -5,12 +5,14 @@ in train/evaluate/export/report. DVC stages (via `tlpipe`) and Prefect tasks bot
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 from tasks.config import Project
 
 RANDOM_INIT = "tasks/models.py"  # `init` of a model trained from scratch: its architecture code
+DEFAULT_TRAINER = "tasks/train.py"
 
 
 def model_params(params: dict, key: str) -> dict:
@@ -34,18 +36,26 @@ def source_model(project: Project, params: dict, key: str) -> Path | None:
 def with_transfer_key(params: dict, key: str) -> dict:
     """params with models[key].transfer_from derived from its `init` path (for train and reports)."""
     recipe = dict(model_params(params, key))
-    init = recipe.get("init", RANDOM_INIT)
-    recipe["transfer_from"] = None if init == RANDOM_INIT else Path(init).parent.name
+    init = Path(recipe.get("init", RANDOM_INIT))
+    recipe["transfer_from"] = init.parent.name if init.parts[:1] == ("models",) else None
     return {**params, "models": {**params["models"], key: recipe}}
 
 
-def train_stage(project: Project, key: str) -> dict:
-    from tasks.train import train
+def trainer(recipe: dict):
+    """The module whose `train(key, params, data_dir, out_dir, init_path)` trains this recipe,
+    named by its path in the recipe's `trainer` (a DVC dep of train@): tasks/train.py for the
+    small CNNs, tasks/photo (a package) for the MobileNet recipes."""
+    path = Path(recipe.get("trainer") or DEFAULT_TRAINER)
+    if path.parts[:1] != ("tasks",):
+        raise ValueError(f"trainer must be a module or package under tasks/, got {str(path)!r}")
+    return importlib.import_module(".".join(path.with_suffix("").parts))
 
+
+def train_stage(project: Project, key: str) -> dict:
     params = project.params()
     recipe = model_params(params, key)
-    return train(key, with_transfer_key(params, key), project.processed_dir(recipe["dataset"]),
-                 project.root / "models" / key, source_model(project, params, key))
+    return trainer(recipe).train(key, with_transfer_key(params, key), project.processed_dir(recipe["dataset"]),
+                                 project.root / "models" / key, source_model(project, params, key))
 
 
 def gate(params: dict, key: str) -> dict:

@@ -104,8 +104,8 @@ def build_model(recipe: dict, manifest: dict, source_model_path: Path | None):
         if source_model_path is None:
             raise ValueError(f"recipe transfers from {recipe['transfer_from']!r}: pass source_model_path")
         source = keras.models.load_model(source_model_path)
-        return models.transfer(source, num_classes, recipe.get("freeze") or "none")
-    return models.build(recipe["arch"], num_classes, input_shape=shape)
+        return models.transfer(source, num_classes, recipe.get("freeze") or "none", seed=int(recipe["seed"]))
+    return models.build(recipe["arch"], num_classes, input_shape=shape, seed=int(recipe["seed"]))
 
 
 class LiveLogger(keras.callbacks.Callback):

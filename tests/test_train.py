@@ -1,5 +1,9 @@
 """Training: outputs, resume really resumes, transfer keeps frozen weights, determinism."""
+import contextlib
 import json
+import random
+import threading
+import time
 
 import keras
 import numpy as np
@@ -107,6 +111,36 @@ def test_transfer_keeps_frozen_weights_and_is_deterministic(tmp_path):
     s2 = train("t", recipe, dst_data, tmp_path / "t2", source_model_path=tmp_path / "src_model" / "model.keras")
     h1, h2 = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("t1", "t2"))
     assert h1 == h2 and s1["best_val_accuracy"] == s2["best_val_accuracy"]
+
+
+@contextlib.contextmanager
+def python_rng_churn():
+    """A background thread drawing from the process-wide Python RNG (as Prefect's services do)."""
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            random.random()
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_training_is_deterministic_while_other_threads_use_python_random(tmp_path):
+    data = processed(tmp_path / "data", 4)
+    recipe = {**RECIPE, "epochs": 1}
+    with python_rng_churn():
+        runs = [train("m", recipe, data, tmp_path / f"m{i}") for i in range(2)]
+    weights = [keras.models.load_model(tmp_path / f"m{i}" / "model.keras").get_weights() for i in range(2)]
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+    assert runs[0]["best_val_accuracy"] == runs[1]["best_val_accuracy"]
 
 
 def test_a_changed_recipe_does_not_resume_a_stale_backup(tmp_path):
