@@ -9,6 +9,13 @@ from tasks import model_stages
 from tasks.config import Project, find_project
 
 
+@task(name="features", task_run_name="features-{key}")
+def features_task(key: str, root: str) -> dict:
+    from tasks.photo.features import features_stage
+
+    return features_stage(Project(Path(root)), key)
+
+
 @task(name="train", task_run_name="train-{key}")
 def train_task(key: str, root: str) -> dict:
     return model_stages.train_stage(Project(Path(root)), key)

@@ -5,8 +5,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.data import fetch_task, prepare_task
-from flows.models import evaluate_task, export_task, report_task, train_task
+from flows.data import fetch_task, fetch_weights_task, prepare_task
+from flows.models import evaluate_task, export_task, features_task, report_task, train_task
 from tasks.config import find_project
 from tasks.model_stages import RANDOM_INIT
 
@@ -29,16 +29,34 @@ def pipeline(datasets: list[str] | None = None, root: str | None = None, models:
 
 
 def _model_line(params: dict, root: str, prepared: dict) -> str:
-    """Train models in dependency order (a transfer waits for the model it starts from)."""
-    trained, exported = {}, []
+    """Train models in dependency order, as dvc.yaml's DAG: a transfer waits for the model it
+    starts from, a photo model for its pretrained weights or its bottleneck cache."""
+    trained, weights, caches, exported = {}, {}, {}, []
+
+    def fetched_weights(key):
+        if key not in weights:
+            weights[key] = fetch_weights_task.submit(key, root)
+        return weights[key]
+
+    def cache(key):
+        if key not in caches:
+            cfg = params["features"][key]
+            waits = [fetched_weights(cfg["weights"])] if cfg.get("weights") else []
+            waits += [prepared[cfg["dataset"]]] if cfg["dataset"] in prepared else []
+            caches[key] = features_task.submit(key, root, wait_for=waits)
+        return caches[key]
 
     def submit(key):
         if key not in trained:
             recipe = params["models"][key]
-            init = recipe.get("init", RANDOM_INIT)
+            init = recipe.get("init", RANDOM_INIT).split("/")
             waits = [prepared[recipe["dataset"]]] if recipe["dataset"] in prepared else []
-            if init != RANDOM_INIT:
-                waits.append(submit(init.split("/")[1]))
+            if init[0] == "models":
+                waits.append(submit(init[1]))
+            elif init[:2] == ["data", "features"]:
+                waits.append(cache(init[2]))
+            elif init[:2] == ["data", "weights"]:
+                waits.append(fetched_weights(init[2]))
             trained[key] = train_task.submit(key, root, wait_for=waits)
         return trained[key]
 

@@ -1,7 +1,10 @@
 """The `tlpipe` command. DVC stages call these subcommands; they import no Prefect.
 
-    tlpipe fetch KEY          download/mirror a dataset into data/raw/KEY
+    tlpipe fetch KEY          download/mirror a dataset into data/raw/KEY (photo datasets: a folder,
+                              zip/tar, URL or kaggle:<owner>/<dataset>, params.yaml fetch.KEY.source)
     tlpipe prepare KEY        build data/processed/KEY (shards + manifest)
+    tlpipe fetch-weights KEY  pretrained weights (params.yaml `weights.KEY`) into data/weights/KEY
+    tlpipe features KEY       bottleneck cache (params.yaml `features.KEY`) into data/features/KEY
     tlpipe train MODEL        train a model recipe from params.yaml into models/MODEL
     tlpipe evaluate MODEL     test-split metrics, confusion matrix, gate -> reports/MODEL
     tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
@@ -38,7 +41,7 @@ def _fetch(args):
     from tasks.fetch import fetch
 
     record = fetch(find_project(), args.key)
-    return {"dataset": args.key, "format": record["format"], "files": len(record["files"]),
+    return {"dataset": args.key, "format": record["format"], "files": record.get("file_count", len(record["files"])),
             "skipped": record["skipped"]}
 
 
@@ -48,6 +51,20 @@ def _prepare(args):
     manifest = prepare(find_project(), args.key)
     return {"dataset": args.key, "splits": {s: v["count"] for s, v in manifest["splits"].items()},
             "skipped": manifest["skipped"]}
+
+
+def _fetch_weights(args):
+    from tasks.weights import fetch_weights
+
+    record = fetch_weights(find_project(), args.key)
+    return {k: record[k] for k in ("weights", "file", "format", "source", "url", "sha256", "bytes", "pinned")}
+
+
+def _features(args):
+    from tasks.photo.features import features_stage
+
+    info = features_stage(find_project(), args.key)
+    return {k: info.get(k) for k in ("base", "alpha", "image_size", "dim", "splits", "seconds", "images_per_s")}
 
 
 def _model_stage(name):
@@ -90,8 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, run, help_ in (("fetch", _fetch, "fetch a dataset's files"),
                              ("prepare", _prepare, "build a dataset's TFRecord shards")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("key", help="dataset key from params.yaml (e.g. mnist, emnist_letters)")
+        p.add_argument("key", help="dataset key from params.yaml (e.g. mnist, emnist_letters, cards, banknotes, "
+                                   "or any key with fetch.<key>.kind: folder)")
         p.set_defaults(run=run)
+    p = sub.add_parser("fetch-weights", help="fetch pinned pretrained weights")
+    p.add_argument("key", help="weights key from params.yaml `weights` (e.g. mobilenet_v2_035_224)")
+    p.set_defaults(run=_fetch_weights)
+    p = sub.add_parser("features", help="compute a bottleneck-feature cache")
+    p.add_argument("key", help="features key from params.yaml `features` (e.g. cards_v2_035)")
+    p.set_defaults(run=_features)
     for name in ("train", "evaluate", "export"):
         p = sub.add_parser(name, help=f"{name} a model (a key of params.yaml `models`)")
         p.add_argument("key", help="model key, e.g. emnist_cnn, mnist_transfer_conv")

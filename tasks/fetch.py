@@ -9,17 +9,25 @@ from tasks.config import Project, mirror
 from tasks.download import NotFound, download
 from tasks.io import atomic_dir, write_json
 from tasks.remote_zip import fetch_zip_member
-from tasks.sources import RemoteFile, source
+from tasks.sources import RemoteFile, is_image_folder, source
 
 log = logging.getLogger(__name__)
 
 
 def fetch(project: Project, key: str) -> dict:
-    """Fetch dataset `key`; returns the record also written to data/raw/<key>/fetch.json."""
+    """Fetch dataset `key`; returns the record also written to data/raw/<key>/fetch.json.
+
+    Image-folder sources (photos in class folders) go through tasks/image_fetch.py.
+    """
     params = project.params()
     fetch_params = (params.get("fetch") or {}).get(key) or {}
+    module = source(key, fetch_params)
+    if is_image_folder(module):
+        from tasks.image_fetch import fetch_images
+
+        return fetch_images(project, key, module, params)
     sets = {fmt: [with_pins(f, fetch_params.get("sha256") or {}) for f in files]
-            for fmt, files in source(key).file_sets(fetch_params).items()}
+            for fmt, files in module.file_sets(fetch_params).items()}
     options = _download_options(params)
     base = mirror(params)
     misses = []

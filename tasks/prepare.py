@@ -10,7 +10,7 @@ import numpy as np
 from tasks.config import Project, workers
 from tasks.io import atomic_dir
 from tasks.shards import write_dataset
-from tasks.sources import Loaded, source
+from tasks.sources import Loaded, is_image_folder, source
 from tasks.splits import carve, shuffle_order
 
 log = logging.getLogger(__name__)
@@ -18,12 +18,20 @@ SPLITS = ("train", "validation", "test")
 
 
 def prepare(project: Project, key: str) -> dict:
-    """Build data/processed/<key>/ from data/raw/<key>/; returns the manifest."""
+    """Build data/processed/<key>/ from data/raw/<key>/; returns the manifest.
+
+    Image-folder sources (photos in class folders) go through tasks/image_folder.py.
+    """
     params = project.params()
+    module = source(key, (params.get("fetch") or {}).get(key))
+    if is_image_folder(module):
+        from tasks.image_folder import prepare_images
+
+        return prepare_images(project, key, module, params)
     p = (params.get("prepare") or {}).get(key) or {}
     raw_dir = project.raw_dir(key)
     start = time.perf_counter()
-    loaded = source(key).load(raw_dir)
+    loaded = module.load(raw_dir)
     splits, notes = assign_splits(loaded, float(p.get("validation_percentage", 10)),
                                   float(p.get("testing_percentage", 10)))
     fetched = _fetch_record(raw_dir)

@@ -21,6 +21,36 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f} %"
 
 
+def architecture(recipe: dict) -> str:
+    """`reference_cnn`, or `mobilenet_v2 α=1.0 224px + ours head` for photo recipes."""
+    if recipe.get("base"):
+        return (f"{recipe['base']} α={recipe.get('alpha', 1.0)} {recipe.get('image_size', '?')}px"
+                f" + {recipe.get('head', '?')} head")
+    return recipe.get("arch", "?")
+
+
+def _seconds(train: dict):
+    return train.get("fit_seconds")
+
+
+def side_by_side(rows: list[dict]) -> list[str]:
+    """Markdown: per dataset, every recipe's accuracy, train time, model size and latency."""
+    lines = ["## Recipes side by side", "",
+             "Accuracy on the evaluation split (test, or validation where the dataset has none), "
+             "training time on the machine that trained it, TFLite sizes and single-image latency.", ""]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        lines += [f"### {dataset}", "",
+                  "| model | architecture | split | accuracy | int8 TFLite acc | train s | float32 bytes "
+                  "| int8 bytes | int8 latency ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["dataset"] == dataset):
+            f32, i8 = r["tflite"].get("float32", {}), r["tflite"].get("int8", {})
+            lines.append(f"| {r['key']} | {r['arch']} | {r['split']} | {_pct(r['accuracy'])} | "
+                         f"{_pct(i8.get('accuracy'))} | {r['seconds'] if r['seconds'] is not None else '–'} | "
+                         f"{f32.get('bytes', '–')} | {i8.get('bytes', '–')} | {i8.get('latency_ms', '–')} |")
+        lines.append("")
+    return lines
+
+
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -64,7 +94,7 @@ def plot_transfer(histories: dict, path: Path) -> None:
 def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
     recipe = train.get("recipe", {})
     lines = [f"# {key}", "",
-             f"Dataset `{recipe.get('dataset', train.get('dataset', '?'))}`, arch `{recipe.get('arch', '?')}`"
+             f"Dataset `{recipe.get('dataset', train.get('dataset', '?'))}`, arch `{architecture(recipe)}`"
              + (f", transferred from `{recipe['transfer_from']}` (frozen: {recipe.get('freeze')})"
                 if recipe.get("transfer_from") else "")
              + f"; {train.get('epochs_run', '?')} epochs, {train.get('fit_seconds', '?')} s.", "",
@@ -89,6 +119,12 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
         lines += ["Most confused (actual → predicted: count): " +
                   ", ".join(f"{p['actual']} → {p['predicted']}: {p['count']}" for p in per_class["most_confused"]), ""]
     lines += ["## Misclassified examples", "", "![misclassified](misclassified.png)", ""]
+    for attr, result in (per_class.get("by_attribute") or {}).items():
+        lines += [f"## Accuracy per {attr}", "",
+                  f"Share of images whose predicted class has the right {attr} (overall {_pct(result['accuracy'])}).",
+                  "", f"| {attr} | accuracy | images |", "|---|---|---|"]
+        lines += [f"| {v} | {_pct(r['accuracy'])} | {r['count']} |" for v, r in result["per_value"].items()]
+        lines.append("")
     if per_class.get("per_class"):
         lines += ["## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
@@ -100,7 +136,7 @@ def write_report(reports_dir: Path, model_keys: list[str], *, models_dir: Path |
     """Write every model page and the index; returns {"index": path, "markdown": index text}."""
     reports_dir = Path(reports_dir)
     models_dir = Path(models_dir) if models_dir else reports_dir.parent / "models"
-    rows, histories = [], {}
+    rows, histories, compared = [], {}, []
     for key in model_keys:
         page_dir = reports_dir / key
         page_dir.mkdir(parents=True, exist_ok=True)
@@ -113,16 +149,19 @@ def write_report(reports_dir: Path, model_keys: list[str], *, models_dir: Path |
         (page_dir / "README.md").write_text(model_page(key, metrics, train, _load(page_dir / "per_class.json", {})),
                                             encoding="utf-8")
         recipe, tflite = train.get("recipe", {}), metrics.get("tflite", {})
-        rows.append(f"| [{key}]({key}/README.md) | {recipe.get('dataset', '?')} | {recipe.get('arch', '?')} | "
+        compared.append({"key": key, "dataset": recipe.get("dataset", "?"), "arch": architecture(recipe),
+                         "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
+                         "tflite": tflite, "seconds": _seconds(train)})
+        rows.append(f"| [{key}]({key}/README.md) | {recipe.get('dataset', '?')} | {architecture(recipe)} | "
                     f"{recipe.get('transfer_from') or '–'} / {recipe.get('freeze') or '–'} | "
                     f"{train.get('epochs_run', '–')} | {_pct(train.get('best_val_accuracy'))} | "
                     f"{_pct(metrics.get('accuracy'))} | {_pct(tflite.get('float32', {}).get('accuracy'))} | "
                     f"{_pct(tflite.get('int8', {}).get('accuracy'))} | "
                     f"{tflite.get('int8', {}).get('bytes', '–')} | {'yes' if metrics.get('blessed') else 'no'} |")
     lines = ["# Model reports", "",
-             "| model | dataset | arch | transfer from / frozen | epochs | best val acc | test acc (Keras) | "
+             "| model | dataset | arch | transfer from / frozen | epochs | best val acc | eval acc (Keras) | "
              "float32 TFLite acc | int8 TFLite acc | int8 bytes | blessed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+             "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", *side_by_side(compared)]
     transfer = {k: histories[k] for k in TRANSFER_KEYS if k in histories}
     if transfer:
         plot_transfer(transfer, reports_dir / "transfer.png")

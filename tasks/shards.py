@@ -68,16 +68,29 @@ def example_bytes(encoded: bytes, shape: tuple, label: int, label_name: str, sou
 
 def write_shard(job: ShardJob, encoded) -> dict:
     """Write one shard from its encoded images (temp name, then rename); returns its manifest entry."""
+    shape = job.images.shape[1:] if job.images.ndim == 4 else (*job.images.shape[1:], 1)
+    records = (example_bytes(png, shape, label, job.label_names[label], sid)
+               for png, label, sid in zip(encoded, job.labels, job.source_ids, strict=True))
+    return write_records(job.path, records)
+
+
+def write_records(path: Path, records) -> dict:
+    """Write serialized examples as one TFRecord shard (temp name, then rename); returns its manifest
+    entry {"file", "count", "sha256", "bytes"}. Any record source can use it (arrays, JPEG files)."""
     import tensorflow as tf
 
-    tmp = job.path.with_name(f".{job.path.name}.tmp-{os.getpid()}")
-    shape = job.images.shape[1:] if job.images.ndim == 4 else (*job.images.shape[1:], 1)
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for png, label, sid in zip(encoded, job.labels, job.source_ids, strict=True):
-            writer.write(example_bytes(png, shape, label, job.label_names[label], sid))
-    os.replace(tmp, job.path)
-    return {"file": job.path.name, "count": len(job.labels), "sha256": _sha256(job.path),
-            "bytes": job.path.stat().st_size}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for record in records:
+                writer.write(record)
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"file": path.name, "count": count, "sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
 def encode_chunk(images: np.ndarray) -> list[bytes]:
@@ -97,17 +110,18 @@ def encoded_images(jobs: list[ShardJob], workers: int, chunk: int = 1024):
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         chunks = (job.images[i:i + chunk] for job in jobs for i in range(0, len(job.images), chunk))
-        results = _ordered(pool, chunks, ahead=4 * workers)
+        results = ordered_map(pool, chunks, ahead=4 * workers)
         for job in jobs:
             n_chunks = -(-len(job.images) // chunk)
             yield (png for part in islice(results, n_chunks) for png in part)
 
 
-def _ordered(pool, chunks, ahead: int):
-    """Encoded chunks in submission order, with at most `ahead` chunks in flight."""
+def ordered_map(pool, chunks, ahead: int, fn=encode_chunk, args: tuple = ()):
+    """`fn(chunk, *args)` for each chunk (default: PNG-encode it), results in submission order, with
+    at most `ahead` chunks in flight, so memory stays bounded however fast the workers are."""
     pending = deque()
     for images in chunks:
-        pending.append(pool.submit(encode_chunk, images))
+        pending.append(pool.submit(fn, images, *args))
         if len(pending) >= ahead:
             yield pending.popleft().result()
     while pending:
@@ -164,7 +178,7 @@ def write_dataset(out_dir: Path, splits: dict, label_names: list[str], *, shard_
         "image_shape": list(first.shape[1:]) + ([1] if first.ndim == 3 else []),
         "encoding": "png",
         "labels": label_map(label_names),
-        "splits": {split: _split_entry(labels, label_names, [e for e in entries if e["file"].startswith(split + "-")])
+        "splits": {split: split_entry(labels, label_names, [e for e in entries if e["file"].startswith(split + "-")])
                    for split, (_, labels) in ordered.items()},
         "skipped": [],
         "notes": [],
@@ -175,7 +189,7 @@ def write_dataset(out_dir: Path, splits: dict, label_names: list[str], *, shard_
     return manifest
 
 
-def _split_entry(labels: np.ndarray, label_names: list[str], shards: list[dict]) -> dict:
+def split_entry(labels: np.ndarray, label_names: list[str], shards: list[dict]) -> dict:
     counts = Counter(int(x) for x in labels)
     return {"count": int(len(labels)),
             "per_class": {str(c): counts.get(c, 0) for c in range(len(label_names))},

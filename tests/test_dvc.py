@@ -33,7 +33,7 @@ def dvc_repo(tmp_path):
     # dvc.yaml also holds the model line: keep its params so the file parses; the test runs the data stages.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     model_line = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update({k: model_line[k] for k in ("train", "models", "evaluate", "export")})
+    params.update({k: model_line[k] for k in ("weights", "features", "train", "models", "evaluate", "export")})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "TLPIPE_MIRROR": str(tmp_path / "mirror"), "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -1,7 +1,16 @@
 """One module per dataset: where its files live upstream, their pins, and how to load them.
 
-Each module exposes `file_sets(fetch_params) -> {format: [RemoteFile]}` (alternatives, preferred first) and
-`load(raw_dir) -> Loaded` (arrays per official split, label names, notes).
+File-based sources (MNIST, EMNIST) expose `file_sets(fetch_params) -> {format: [RemoteFile]}`
+(alternatives, preferred first) and `load(raw_dir) -> Loaded` (arrays per official split, label
+names, notes).
+
+Image-folder sources (photos in class folders: cards, banknotes, any `kind: folder` dataset) set
+`KIND = "image_folder"` and may define:
+  UPSTREAM      default `fetch.<key>.source` ("kaggle:<owner>/<slug>", a URL, ...; None = must be given)
+  MIRROR_PATH   where a mirror (TLPIPE_MIRROR) holds the dataset: a folder, or MIRROR_PATH + ".zip"
+  INDEX_CSV     a CSV beside the split folders to cross-check labels against (cards.csv)
+  label_attributes(class_names, root) -> {class: {attr: value}} or None (ValueError on a bad name)
+tasks/sources/folder.py is the generic one, used for any key whose `fetch.<key>.kind` is `folder`.
 """
 from __future__ import annotations
 
@@ -40,9 +49,22 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def source(key: str):
-    """The source module of dataset `key` (tasks.sources.<key>)."""
+IMAGE_FOLDER = "image_folder"
+
+
+def source(key: str, fetch_params: dict | None = None):
+    """The source module of dataset `key`: tasks.sources.<key>, else the generic image-folder
+    source when `fetch.<key>.kind` is `folder`."""
     try:
         return importlib.import_module(f"tasks.sources.{key}")
     except ModuleNotFoundError as e:
-        raise KeyError(f"unknown dataset {key!r}: no module tasks/sources/{key}.py") from e
+        if e.name != f"tasks.sources.{key}":
+            raise
+        if (fetch_params or {}).get("kind") == "folder":
+            return importlib.import_module("tasks.sources.folder")
+        raise KeyError(f"unknown dataset {key!r}: no module tasks/sources/{key}.py "
+                       f"(for photos in class folders set `fetch.{key}: {{kind: folder, source: ...}}`)") from e
+
+
+def is_image_folder(module) -> bool:
+    return getattr(module, "KIND", None) == IMAGE_FOLDER

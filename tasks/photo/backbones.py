@@ -1,0 +1,130 @@
+"""MobileNet bases by name, their weights from a local file only, and the uint8 -> features front.
+
+Keras would download ImageNet weights for `weights="imagenet"`; we never let it: a base gets either a
+local weights file (legacy Keras-applications `.h5` or Keras 3 `.weights.h5`; `keras.applications`
+loads both through `model.load_weights`) or None (random init, re-drawn from fixed seeds).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from tasks.models import Seeds
+
+BASES = {
+    "mobilenet": lambda **kw: keras.applications.MobileNet(**kw),
+    "mobilenet_v2": lambda **kw: keras.applications.MobileNetV2(**kw),
+    "mobilenet_v3_small": lambda **kw: keras.applications.MobileNetV3Small(include_preprocessing=False, **kw),
+    "mobilenet_v3_large": lambda **kw: keras.applications.MobileNetV3Large(include_preprocessing=False, **kw),
+}
+
+
+def weights_file(path: Path | str | None) -> Path | None:
+    """The weights file `path` names: the file itself, or the single *.h5 file in a directory
+    (data/weights/<key>/ holds one beside its fetch.json). None stays None (random init)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.h5"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected exactly one *.h5 weights file, found "
+                                    f"{[p.name for p in found] or 'none'}")
+        return found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found (expected a local .h5 or .weights.h5 file; "
+                                f"weights are never downloaded)")
+    if not path.name.endswith(".h5"):
+        raise ValueError(f"{path}: not a weights file; expected a legacy Keras .h5 or a Keras 3 .weights.h5")
+    return path
+
+
+def sha256(path: Path) -> str:
+    from tasks.download import sha256_file
+
+    return sha256_file(path)
+
+
+def reseed(model: keras.Model, seed: int) -> None:
+    """Re-draw every randomly initialised kernel of `model` from fixed seeds.
+
+    keras.applications builds its layers with unseeded initializers, which draw from the process-wide
+    Python RNG that other threads (Prefect's) share; a random-init base would differ run to run.
+    """
+    seeds = Seeds(seed)
+    for layer in model.layers:
+        for init_name, var_name in (("kernel_initializer", "kernel"), ("depthwise_initializer", "kernel")):
+            init, var = getattr(layer, init_name, None), getattr(layer, var_name, None)
+            if init is None or var is None or "seed" not in init.get_config():
+                continue
+            fixed = init.__class__.from_config({**init.get_config(), "seed": next(seeds._next)})
+            var.assign(fixed(var.shape, var.dtype))
+            break
+
+
+def build_base(name: str, image_size: int, alpha: float = 1.0, weights: Path | str | None = None,
+               seed: int = 0) -> keras.Model:
+    """MobileNet `name` without its classifier, input (S, S, 3) float in [-1, 1], output the last
+    feature map; weights from a local file (or a dir holding one), or random init from `seed`."""
+    if name not in BASES:
+        raise ValueError(f"unknown base {name!r}; choose one of {sorted(BASES)}")
+    path = weights_file(weights)
+    base = BASES[name](input_shape=(int(image_size), int(image_size), 3), alpha=float(alpha),
+                       include_top=False, weights=None)
+    if path is None:
+        reseed(base, seed)
+    else:
+        try:
+            with warnings.catch_warnings():  # Keras notes the functional graph's own bookkeeping
+                warnings.filterwarnings("ignore", message="Skipping nested container at '_operations_by_depth")
+                base.load_weights(str(path))
+        except Exception as e:  # noqa: BLE001 - say which file did not fit which base
+            raise ValueError(f"{path}: does not fit {name}(alpha={alpha}, include_top=False): {e}") from e
+    base.name = "base"  # fixed name, whatever the application calls itself
+    return base
+
+
+def freeze_batchnorm(model: keras.Model) -> None:
+    """BN layers frozen: Keras 3 runs a frozen BatchNormalization in inference mode always.
+
+    This, not `base(x, training=False)`, is what keeps them in inference mode during fit: a Keras 3
+    functional model passes its own `training` to every nested layer, replacing the one recorded at
+    the call. (The approximate V2 1.0 weights have BN folded into the convs: their BN layers must
+    only ever apply the neutral statistics they carry.)
+    """
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+
+
+def set_trainable(base: keras.Model, from_layer: int | None, train_bn: bool = False) -> None:
+    """Base layers from index `from_layer` on trainable (negative: the last N layers; None: none),
+    the rest frozen; BN layers frozen unless `train_bn`."""
+    base.trainable = True
+    n = len(base.layers)
+    start = n if from_layer is None else (int(from_layer) % n if int(from_layer) < 0 else int(from_layer))
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start
+    if not train_bn:
+        freeze_batchnorm(base)
+
+
+def front(image_shape, image_size: int, name: str = "image"):
+    """(uint8 input, its float tensor in [-1, 1] at image_size): MobileNet's x/127.5 - 1, inside the
+    model so TFLite takes raw pixels; resized first when the dataset is stored at another size."""
+    inputs = keras.Input(shape=tuple(image_shape), dtype="uint8", name=name)
+    x = inputs
+    if tuple(image_shape[:2]) != (int(image_size), int(image_size)):
+        x = layers.Resizing(int(image_size), int(image_size), name="resize")(x)
+    return inputs, layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(x)
+
+
+def features_model(base: keras.Model, image_shape, image_size: int) -> keras.Model:
+    """uint8 image -> pooled base features (the bottleneck; saved as base.keras in a cache)."""
+    inputs, x = front(image_shape, image_size)
+    x = base(x, training=False)
+    outputs = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name="features")

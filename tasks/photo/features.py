@@ -1,0 +1,112 @@
+"""The bottleneck cache: a frozen base's pooled features of every image, computed once.
+
+`compute_features` writes into out_dir (data/features/<key>/), atomically: `<split>.npz` (features
+float32 N x D, labels int64, ids), `base.keras` (uint8 image -> pooled features, the exact weights the
+cache holds) and `features.json` (base, alpha, image size, weights sha256, counts, speed).
+A head trained on the cache (seconds per epoch) then moves onto base.keras for fine-tuning.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tasks.io import atomic_dir, write_json
+
+FEATURES_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0, "image_size": None, "weights": None,
+                     "batch_size": 64}
+INFO = "features.json"
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Build at float32 whatever global policy a training set (the cache is stored exact)."""
+    import keras
+
+    old = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(old)
+
+
+def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Path, cfg: dict) -> dict:
+    """Run base + GAP over every split of `processed_dir`; `cfg`: base, alpha, image_size (default:
+    the dataset's), batch_size. `weights_path`: a weights file or a dir holding one; None = random init."""
+    import tensorflow as tf
+
+    from tasks.photo.backbones import build_base, features_model, sha256, weights_file
+    from tasks.shards import load_manifest, read_split
+
+    cfg = {**FEATURES_DEFAULTS, **(cfg or {})}
+    processed_dir, out_dir = Path(processed_dir), Path(out_dir)
+    manifest = load_manifest(processed_dir)
+    shape = manifest["image_shape"]
+    size = int(cfg["image_size"] or shape[0])
+    path = weights_file(weights_path)
+    with float32_policy():
+        model = features_model(build_base(cfg["base"], size, cfg["alpha"], path, seed=int(cfg.get("seed", 0))),
+                               shape, size)
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    info = {"base": cfg["base"], "alpha": float(cfg["alpha"]), "image_size": size, "image_shape": shape,
+            "weights": path.name if path else None, "weights_sha256": sha256(path) if path else None,
+            "dim": int(model.output_shape[-1]), "dataset": manifest.get("dataset", processed_dir.name),
+            "num_classes": manifest["num_classes"], "labels": manifest["labels"], "splits": {}}
+    start = time.time()
+    with atomic_dir(out_dir) as tmp:
+        for split in manifest["splits"]:
+            t = time.time()
+            feats, labels, ids = [], [], []
+            ds = read_split(processed_dir, split, batch_size=int(cfg["batch_size"]), manifest=manifest,
+                            with_ids=True)
+            for x, y, sid in ds:
+                feats.append(infer(x).numpy().astype(np.float32))
+                labels.append(y.numpy())
+                ids.append(sid.numpy())
+            dim = info["dim"]
+            arrays = {"features": np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
+                      "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
+                      "ids": np.array([i.decode() for part in ids for i in part], dtype=str)}
+            np.savez(tmp / f"{split}.npz", **arrays)
+            seconds = time.time() - t
+            info["splits"][split] = {"count": len(arrays["labels"]), "seconds": round(seconds, 2),
+                                     "images_per_s": round(len(arrays["labels"]) / max(seconds, 1e-9), 1)}
+        model.save(tmp / "base.keras")
+        total = sum(s["count"] for s in info["splits"].values())
+        info["seconds"] = round(time.time() - start, 2)
+        info["images_per_s"] = round(total / max(time.time() - start, 1e-9), 1)
+        write_json(tmp / INFO, info)
+    return info
+
+
+def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32 N x D, labels int64 N) of one cached split."""
+    path = Path(cache_dir) / f"{split}.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no cached features for split {split!r}; run features@ first")
+    with np.load(path) as f:
+        return f["features"], f["labels"]
+
+
+def is_cache(path: Path | None) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / INFO).is_file()
+
+
+def features_stage(project, key: str) -> dict:
+    """features@<key>: params `features.<key>` = {dataset, base, alpha, image_size, weights: <weights
+    key> (the single *.h5 in data/weights/<key>/; null = random init), batch_size}; writes
+    data/features/<key>/."""
+    params = project.params()
+    entries = params.get("features") or {}
+    if key not in entries:
+        raise KeyError(f"no features entry {key!r} in params.yaml features: {sorted(entries)}")
+    cfg = dict(entries[key])
+    weights = project.root / "data" / "weights" / cfg["weights"] if cfg.get("weights") else None
+    if weights is not None and not weights.is_dir():
+        raise FileNotFoundError(f"{weights}: no weights dir for features {key!r} (weights: {cfg['weights']!r});"
+                                f" fetch the weights first")
+    return compute_features(project.processed_dir(cfg["dataset"]), weights, project.root / "data" / "features" / key,
+                            cfg)

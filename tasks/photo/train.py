@@ -1,0 +1,298 @@
+"""Train a MobileNet photo recipe: a head on a frozen base, then (optionally) fine-tuning.
+
+Two modes, chosen by `init_path`:
+- cache: a features dir (features.json): phase 1 fits the `ours` head on the cached pooled features
+  (seconds); phase 2 puts it on base.keras's base and fine-tunes end to end on the images.
+- on the fly: a weights file / dir holding one, or a .py file (random init): the full model is built
+  here; phase 1 trains the head with the base frozen (or everything, `freeze_base: false`), phase 2
+  unfreezes the base from `fine_tune_from` on.
+BN layers stay frozen (inference mode) throughout unless `train_bn: true`. Outputs as tasks/train.py:
+model.keras (best val accuracy over both phases; uint8 image in, softmax out), history.json (epochs
+numbered across phases, each with its `phase`), train.json, log.csv, dvclive/, tb/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tasks.io import write_json
+from tasks.models import Seeds
+from tasks.photo import augment as aug
+from tasks.photo import backbones, features, heads
+from tasks.train import HAVE_TENSORBOARD, LiveLogger, _setup, load_split, prepare_out_dir, read_log, recipe_for
+
+DEFAULTS = {
+    "base": None, "alpha": None, "image_size": None,  # from the cache, else mobilenet_v2, 1.0, dataset size
+    "head": "ours", "dropout": None,                   # None: the head's own default
+    "batch_size": 32, "seed": 42,
+    "head_epochs": 5, "head_lr": 1e-3, "freeze_base": True,
+    "fine_tune_epochs": 0, "fine_tune_lr": 1e-4, "fine_tune_from": 100,
+    "train_bn": None,  # None: BN trains only for a random-init base (frozen random BN zeroes the features)
+    "steps_per_epoch": None,                           # None: one pass over the train split
+    "augment": dict(aug.AUGMENT_DEFAULTS), "patience": 3, "label_smoothing": 0.0, "cache_images": True,
+}
+ON_THE_FLY_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0}
+HEAD_STATE, HEAD_WEIGHTS = "backup.head.json", "backup.head.weights.h5"
+
+
+def photo_recipe(params: dict, model_key: str) -> dict:
+    """The recipe of `model_key` over the `photo:` section over DEFAULTS. The `train:` section holds
+    the small CNNs' defaults (batch 128, no augmentation, ...) and does not apply here."""
+    if "models" not in params:
+        return {**DEFAULTS, **params}
+    recipe_for(params, model_key)  # the same KeyError for an unknown key
+    return {**DEFAULTS, **(params.get("photo") or {}), **params["models"][model_key]}
+
+
+def resolve(recipe: dict, manifest: dict, init_path: Path | None) -> tuple[dict, dict | None]:
+    """(recipe with base, alpha, image_size filled in; the cache's features.json or None)."""
+    recipe = dict(recipe)
+    info = None
+    if features.is_cache(init_path):
+        info = json.loads((Path(init_path) / features.INFO).read_text())
+        for k in ("base", "alpha", "image_size"):
+            if recipe[k] is not None and recipe[k] != info[k]:
+                raise ValueError(f"{init_path}: features were computed with {k}={info[k]!r}, recipe says {recipe[k]!r}")
+            recipe[k] = info[k]
+        if recipe["head"] != "ours":
+            raise ValueError(f"head {recipe['head']!r} needs the base's feature map; a features cache holds pooled "
+                             f"features and trains the 'ours' head only")
+        if info["labels"] != manifest["labels"] or list(info["image_shape"]) != list(manifest["image_shape"]):
+            raise ValueError(f"{init_path}: features were computed on another dataset (labels or image shape differ)")
+    else:
+        for k, v in ON_THE_FLY_DEFAULTS.items():
+            recipe[k] = v if recipe[k] is None else recipe[k]
+        recipe["image_size"] = int(recipe["image_size"] or manifest["image_shape"][0])
+    return recipe, info
+
+
+def init_weights(init_path: Path | None) -> Path | None:
+    """The weights file of an on-the-fly run, or None (random init) for no init or a .py file."""
+    if init_path is None or Path(init_path).suffix == ".py":
+        return None
+    return backbones.weights_file(init_path)
+
+
+def build(recipe: dict, manifest: dict, weights: Path | None, cache: Path | None):
+    """(inference model uint8 -> softmax, its base, training model = augmentation + inference model)."""
+    seed = int(recipe["seed"])
+    base = backbones.build_base(recipe["base"], recipe["image_size"], recipe["alpha"], weights, seed=seed)
+    if cache is not None:  # the exact weights the cache was computed with
+        base.set_weights(keras.models.load_model(Path(cache) / "base.keras").get_layer("base").get_weights())
+    shape = manifest["image_shape"]
+    inputs, x = backbones.front(shape, recipe["image_size"])
+    outputs = heads.head(recipe["head"], base(x, training=False if _bn_frozen(recipe) else None),
+                         manifest["num_classes"], Seeds(seed + 1), recipe["dropout"])
+    model = keras.Model(inputs, outputs, name=f"{recipe['base']}_{recipe['head']}")
+    augment = aug.augmenter(recipe["augment"], seed + 7)
+    if augment is None:
+        return model, base, model
+    t_in = keras.Input(shape=tuple(shape), dtype="uint8", name="image")
+    return model, base, keras.Model(t_in, model(augment(t_in)), name="train_model")
+
+
+def _bn_frozen(recipe: dict) -> bool:
+    return not recipe["train_bn"]
+
+
+def head_on_features(dim: int, num_classes: int, recipe: dict) -> keras.Model:
+    """The `ours` head alone, on cached pooled features (same layer names as in the full model)."""
+    inputs = keras.Input(shape=(dim,), name="features")
+    return keras.Model(inputs, heads.head("ours", inputs, num_classes, Seeds(int(recipe["seed"]) + 1),
+                                          recipe["dropout"]), name="head_on_features")
+
+
+def copy_head(src: keras.Model, dst: keras.Model) -> None:
+    for layer in src.layers:
+        if layer.weights and layer.name.startswith("head"):
+            dst.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def image_datasets(data_dir: Path, recipe: dict, manifest: dict, one_hot: int | None):
+    """Batched train (seeded reshuffle each epoch; repeated when steps_per_epoch is set) and validation."""
+    seed, bs = int(recipe["seed"]), int(recipe["batch_size"])
+    n_train, n_val = (manifest["splits"][s]["count"] for s in ("train", "validation"))
+    train, _ = load_split(data_dir, "train")
+    val, _ = load_split(data_dir, "validation")
+    train = train.apply(tf.data.experimental.assert_cardinality(n_train))
+    val = val.apply(tf.data.experimental.assert_cardinality(n_val))
+    if recipe["cache_images"]:
+        train, val = train.cache(), val.cache()
+    train = train.shuffle(n_train, seed=seed, reshuffle_each_iteration=True)
+    if recipe["steps_per_epoch"]:
+        train = train.repeat()
+    return _finish(train.batch(bs), one_hot), _finish(val.batch(bs), one_hot)
+
+
+def feature_datasets(cache: Path, recipe: dict, one_hot: int | None):
+    seed, bs = int(recipe["seed"]), int(recipe["batch_size"])
+    x, y = features.load_split(cache, "train")
+    train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    val = tf.data.Dataset.from_tensor_slices(features.load_split(cache, "validation"))
+    return _finish(train.batch(bs), one_hot), _finish(val.batch(bs), one_hot)
+
+
+def _finish(ds, one_hot: int | None):
+    if one_hot:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, one_hot)))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_for(model: keras.Model, lr: float, recipe: dict) -> None:
+    smoothing = float(recipe["label_smoothing"] or 0)
+    if smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["accuracy"]
+    model.compile(optimizer=keras.optimizers.Adam(float(lr)), loss=loss, metrics=metrics)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save `model` (the inference model, not the one being fitted) whenever val accuracy beats the
+    best so far, across phases; `before_save` first brings it up to date (the cached-head phase)."""
+
+    def __init__(self, path: Path, model: keras.Model, best: float | None, before_save=None):
+        super().__init__()
+        self.path, self.target, self.best, self.before_save = Path(path), model, best, before_save
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_accuracy")
+        if value is None or (self.best is not None and value <= self.best):
+            return
+        self.best = float(value)
+        if self.before_save:
+            self.before_save()
+        tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}.keras")
+        self.target.save(tmp)
+        os.replace(tmp, self.path)
+
+
+def prepare(out_dir: Path, live_dir: Path, recipe: dict) -> tuple[bool, dict | None]:
+    """(resuming, the finished head phase's state or None). A finished head phase of this same recipe
+    is kept (phase 2 resumes after it); otherwise as tasks.train.prepare_out_dir."""
+    stamp, state = out_dir / "backup.recipe.json", out_dir / HEAD_STATE
+    same = stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(recipe))
+    if same and state.exists() and (out_dir / HEAD_WEIGHTS).exists():
+        return True, json.loads(state.read_text())
+    for p in (state, out_dir / HEAD_WEIGHTS):
+        p.unlink(missing_ok=True)
+    return prepare_out_dir(out_dir, live_dir, recipe), None
+
+
+def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch: int, steps, out_dir: Path,
+              live_dir: Path, checkpoint: BestCheckpoint, patience: int, extra: list) -> float:
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup_dir=str(out_dir / "backup")),
+        checkpoint,
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),
+        LiveLogger(live_dir),
+        *extra,
+    ]
+    if HAVE_TENSORBOARD:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb" / phase)))
+    start = time.time()
+    model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
+    return round(time.time() - start, 1)
+
+
+def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path: Path | None = None,
+          *, live_dir: Path | None = None, extra_callbacks: list | None = None) -> dict:
+    """Train photo recipe `model_key` on the processed dataset `data_dir` into `out_dir`; `init_path`:
+    a features cache dir, a weights file or dir, or a .py file / None (random init)."""
+    from tasks.shards import load_manifest
+
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    init_path = Path(init_path) if init_path else None
+    manifest = load_manifest(data_dir)
+    recipe, info = resolve(photo_recipe(params, model_key), manifest, init_path)
+    cache = init_path if info else None
+    weights = None if cache else init_weights(init_path)
+    if recipe["train_bn"] is None:
+        recipe["train_bn"] = cache is None and weights is None
+    live_dir = Path(live_dir) if live_dir else out_dir / "dvclive"
+    resuming, head_state = prepare(out_dir, live_dir, recipe)
+    gpus = tf.config.list_physical_devices("GPU")
+    strategy = _setup(int(recipe["seed"]), gpus)
+    k = manifest["num_classes"]
+    one_hot = k if float(recipe["label_smoothing"] or 0) else None
+    steps = int(recipe["steps_per_epoch"]) if recipe["steps_per_epoch"] else None
+    with strategy.scope():
+        model, base, train_model = build(recipe, manifest, weights, cache)
+        head_model = head_on_features(info["dim"], k, recipe) if cache else None
+    best = max((r["val_accuracy"] for r in read_log(out_dir / "log.csv")), default=None)
+    checkpoint = BestCheckpoint(out_dir / "model.keras", model, best)
+    common = dict(out_dir=out_dir, live_dir=live_dir, checkpoint=checkpoint, patience=int(recipe["patience"]),
+                  extra=list(extra_callbacks or []))
+    seconds = {"head": 0.0, "fine_tune": 0.0}
+
+    # phase 1: the head (base frozen), on cached features or on the images
+    if head_state is None:
+        if cache:
+            checkpoint.before_save = lambda: copy_head(head_model, model)
+            with strategy.scope():
+                compile_for(head_model, recipe["head_lr"], recipe)
+            train_ds, val_ds = feature_datasets(cache, recipe, one_hot)
+            fitted, phase_steps = head_model, None
+        else:
+            backbones.set_trainable(base, None if recipe["freeze_base"] else 0, recipe["train_bn"])
+            with strategy.scope():
+                compile_for(train_model, recipe["head_lr"], recipe)
+            train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot)
+            fitted, phase_steps = train_model, steps
+        if int(recipe["head_epochs"]) > 0:
+            seconds["head"] = fit_phase("head", fitted, train_ds, val_ds, epochs=int(recipe["head_epochs"]),
+                                        initial_epoch=0, steps=phase_steps, **common)
+        if cache:
+            copy_head(head_model, model)
+        checkpoint.before_save = None
+        head_state = {"epochs_run": len(read_log(out_dir / "log.csv")), "fit_seconds": seconds["head"]}
+        model.save_weights(out_dir / HEAD_WEIGHTS)
+        write_json(out_dir / HEAD_STATE, head_state)
+    else:
+        model.load_weights(out_dir / HEAD_WEIGHTS)
+        seconds["head"] = head_state["fit_seconds"]
+
+    # phase 2: fine-tune the base from `fine_tune_from` on, end to end on (augmented) images
+    if int(recipe["fine_tune_epochs"]) > 0:
+        backbones.set_trainable(base, int(recipe["fine_tune_from"]), recipe["train_bn"])
+        with strategy.scope():
+            compile_for(train_model, recipe["fine_tune_lr"], recipe)
+        train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot)
+        seconds["fine_tune"] = fit_phase("fine_tune", train_model, train_ds, val_ds,
+                                         epochs=int(recipe["fine_tune_epochs"]),
+                                         initial_epoch=head_state["epochs_run"], steps=steps, **common)
+    fitted = train_model if int(recipe["fine_tune_epochs"]) > 0 or not cache else head_model
+    if not (out_dir / "model.keras").exists():  # no epoch ran at all: the model as it is
+        model.save(out_dir / "model.keras")
+    for p in (out_dir / "backup", out_dir / HEAD_STATE, out_dir / HEAD_WEIGHTS):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    history = [{**r, "phase": "head" if r["epoch"] < head_state["epochs_run"] else "fine_tune"}
+               for r in read_log(out_dir / "log.csv")]
+    write_json(out_dir / "history.json", history)
+    summary = {
+        "model": model_key, "recipe": recipe, "dataset": manifest.get("dataset", recipe.get("dataset")),
+        "mode": "cache" if cache else "on_the_fly", "used_cache": bool(cache),
+        "init": str(init_path) if init_path else None,
+        "weights_sha256": info["weights_sha256"] if info else (backbones.sha256(weights) if weights else None),
+        "epochs_run": len(history), "resumed": resuming,
+        "epochs_per_phase": {p: sum(r["phase"] == p for r in history) for p in ("head", "fine_tune")},
+        "fit_seconds": round(seconds["head"] + seconds["fine_tune"], 1), "fit_seconds_per_phase": seconds,
+        "best_val_accuracy": max((r["val_accuracy"] for r in history), default=None),
+        "params": int(model.count_params()),
+        "trainable_params": int(sum(int(np.prod(w.shape)) for w in fitted.trainable_weights)),
+        "gpus": len(gpus), "tensorboard": HAVE_TENSORBOARD,
+    }
+    write_json(out_dir / "train.json", summary)
+    return summary

@@ -1,0 +1,259 @@
+"""MobileNet photo trainer: local weights only, the features cache, both training modes, frozen
+layers stay frozen, determinism. Tiny MobileNetV2 (alpha 0.35) on 32x32 synthetic photos."""
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.photo import augment, backbones, features
+from tasks.photo import train as photo_train
+from tasks.photo.train import photo_recipe
+from tasks.shards import write_dataset
+from test_train import python_rng_churn
+
+SIZE, CLASSES = 32, 3
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "weights"
+
+
+def photos(n, seed):
+    """RGB images whose dominant colour channel is the class, at a random brightness, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % CLASSES
+    images = rng.integers(0, 16, (n, SIZE, SIZE, 3), dtype=np.uint8)
+    for img, y in zip(images, labels):
+        img[..., y] += np.uint8(rng.integers(120, 230))
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photo")
+    write_dataset(root / "processed", {s: photos(n, k) for k, (s, n) in
+                                       enumerate([("train", 24), ("validation", 12), ("test", 12)])},
+                  ["red", "green", "blue"])
+    (root / "weights").mkdir()
+    tiny = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False, weights=None)
+    for layer in tiny.layers:  # "pretrained" BN statistics: one pass at momentum 0 (random-init BN
+        if isinstance(layer, keras.layers.BatchNormalization):  # stats make the features ~1e-12)
+            layer.momentum = 0.0
+    tiny(photos(240, 99)[0].astype("float32") / 127.5 - 1, training=True)
+    tiny.save_weights(root / "weights" / "tiny.weights.h5")
+    cfg = {"base": "mobilenet_v2", "alpha": 0.35, "batch_size": 8}
+    info = features.compute_features(root / "processed", root / "weights", root / "cache", cfg)
+    return {"root": root, "processed": root / "processed", "weights": root / "weights", "cache": root / "cache",
+            "tiny": tiny, "info": info}
+
+
+def recipe(**kw):
+    return {"base": "mobilenet_v2", "alpha": 0.35, "batch_size": 8, "seed": 3, "head_epochs": 1,
+            "fine_tune_epochs": 1, "fine_tune_from": 100, "patience": 10, **kw}
+
+
+def test_bases_load_local_weights_only(data, tmp_path):
+    base = backbones.build_base("mobilenet_v2", SIZE, 0.35, data["weights"])  # the dir: its single .h5
+    for a, b in zip(base.get_weights(), data["tiny"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="nope.weights.h5.*never downloaded"):
+        backbones.build_base("mobilenet_v2", SIZE, 0.35, tmp_path / "nope.weights.h5")
+    (tmp_path / "two").mkdir()
+    for name in ("a.h5", "b.weights.h5"):
+        (tmp_path / "two" / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="exactly one"):
+        backbones.weights_file(tmp_path / "two")
+    with pytest.raises(ValueError, match="does not fit"):
+        backbones.build_base("mobilenet_v2", SIZE, 1.0, data["weights"])
+    with pytest.raises(ValueError, match="unknown base"):
+        backbones.build_base("resnet", SIZE)
+
+
+def test_random_init_is_fixed_by_the_seed():
+    with python_rng_churn():
+        a, b, c = (backbones.build_base("mobilenet_v3_small", SIZE, 0.75, None, seed=s) for s in (1, 1, 2))
+    kernels = [n for n, w in zip((v.path for v in a.weights), a.get_weights()) if "kernel" in n]
+    assert any("depthwise" in n for n in kernels)
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.get_layer("conv").get_weights()[0], c.get_layer("conv").get_weights()[0])
+
+
+def test_augmentation_has_no_flip_unless_asked():
+    names = [layer.name for layer in augment.augmenter(True, 0).layers]
+    assert "aug_flip" not in names and {"aug_crop", "aug_shift", "aug_scale", "aug_brightness"} <= set(names)
+    assert "aug_flip" in [layer.name for layer in augment.augmenter({"flip": True}, 0).layers]
+    assert augment.augmenter(False, 0) is None
+    x = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3)).astype("float32")
+    y = np.asarray(augment.augmenter({"brightness": 0.5}, 0)(x, training=True))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255 and not np.array_equal(x, y)
+    np.testing.assert_array_equal(np.asarray(augment.augmenter(True, 0)(x, training=False)), x)
+
+
+def test_features_cache(data, monkeypatch):
+    cache, info = data["cache"], data["info"]
+    assert sorted(p.name for p in cache.iterdir()) == ["base.keras", "features.json", "test.npz", "train.npz",
+                                                        "validation.npz"]
+    assert json.loads((cache / "features.json").read_text()) == info
+    assert info["weights_sha256"] == backbones.sha256(data["weights"] / "tiny.weights.h5")
+    assert {s: v["count"] for s, v in info["splits"].items()} == {"train": 24, "validation": 12, "test": 12}
+    x, y = features.load_split(cache, "validation")
+    assert x.shape == (12, info["dim"]) and x.dtype == np.float32 and y.dtype == np.int64
+    images, labels = photos(12, 1)
+    np.testing.assert_array_equal(y, labels)
+    model = keras.models.load_model(cache / "base.keras")
+    assert model.input.dtype == "uint8"
+    np.testing.assert_allclose(model.predict(images, verbose=0), x, rtol=1e-4, atol=1e-4)
+    with np.load(cache / "validation.npz") as f:
+        assert list(f["ids"][:2]) == ["validation/0000000", "validation/0000001"]
+
+    def fail(*a, **k):  # a run that dies half way leaves the old cache as it was, and no temp dirs
+        raise OSError("disk full")
+
+    before = {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()}
+    monkeypatch.setattr(features.np, "savez", fail)
+    with pytest.raises(OSError):
+        features.compute_features(data["processed"], data["weights"], cache, {"alpha": 0.35})
+    assert {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()} == before
+    assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".cache")] == []
+
+
+class Keeper(keras.callbacks.Callback):
+    """Keeps the model each phase fitted, as it was when that phase ended."""
+
+    def __init__(self):
+        super().__init__()
+        self.fitted = []
+
+    def on_train_end(self, logs=None):
+        self.fitted.append(self.model)
+
+
+def test_cache_head_then_fine_tune_keeps_frozen_layers_and_is_deterministic(data, tmp_path):
+    out, keeper = tmp_path / "m", Keeper()
+    r = recipe(head="ours", head_epochs=3, head_lr=0.003, fine_tune_epochs=1, fine_tune_lr=1e-3, fine_tune_from=130)
+    with python_rng_churn():  # as under Prefect: other threads draw from Python's RNG
+        summary = photo_train("m", {"models": {"m": r}}, data["processed"], out, data["cache"],
+                              extra_callbacks=[keeper])
+        again = photo_train("m", {"models": {"m": r}}, data["processed"], tmp_path / "again", data["cache"])
+    assert summary["used_cache"] and summary["mode"] == "cache" and summary["recipe"]["train_bn"] is False
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(len(history)))
+    assert {h["phase"] for h in history} == {"head", "fine_tune"} and history[-1]["phase"] == "fine_tune"
+    assert not (out / "backup").exists() and not (out / "backup.head.weights.h5").exists()
+
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input.dtype == "uint8" and model.input_shape == (None, SIZE, SIZE, 3)
+    assert model.output_shape == (None, CLASSES)
+    assert [layer.name for layer in model.layers][-3:] == ["pool", "head_dropout", "head"]
+
+    head_model, train_model = keeper.fitted
+    assert head_model.input_shape == (None, data["info"]["dim"])
+    source = keras.models.load_model(data["cache"] / "base.keras").get_layer("base")
+    tuned = next(layer for layer in train_model.layers[-1].layers if layer.name == "base")
+    changed = []
+    for i, (before, after) in enumerate(zip(source.layers, tuned.layers)):
+        same = all(np.array_equal(a, b) for a, b in zip(before.get_weights(), after.get_weights()))
+        if isinstance(before, keras.layers.BatchNormalization) or i < 130:
+            assert same, f"layer {i} {before.name} changed"
+        elif before.weights:
+            changed.append(not same)
+    assert changed and all(changed)
+    assert summary["trainable_params"] < summary["params"]
+
+    assert json.loads((tmp_path / "again" / "history.json").read_text()) == history
+    assert again["best_val_accuracy"] == summary["best_val_accuracy"]
+    for a, b in zip(model.get_weights(), keras.models.load_model(tmp_path / "again" / "model.keras").get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_head_on_cache_moves_onto_the_full_model(data, tmp_path):
+    """Phase 1 only: model.keras (uint8 images) predicts what the cached-feature head predicted."""
+    keeper = Keeper()
+    summary = photo_train("m", {"models": {"m": recipe(head_epochs=3, fine_tune_epochs=0)}}, data["processed"],
+                          tmp_path / "m", data["cache"], extra_callbacks=[keeper])
+    assert summary["epochs_per_phase"] == {"head": 3, "fine_tune": 0}
+    assert summary["trainable_params"] == data["info"]["dim"] * CLASSES + CLASSES
+    (head_model,) = keeper.fitted  # restored to its best epoch, the one model.keras was saved at
+    x, _ = features.load_split(data["cache"], "validation")
+    images, _ = photos(12, 1)
+    full = keras.models.load_model(tmp_path / "m" / "model.keras")
+    np.testing.assert_allclose(full.predict(images, verbose=0), head_model.predict(x, verbose=0), atol=1e-5)
+    assert summary["best_val_accuracy"] == max(h["val_accuracy"] for h in
+                                               json.loads((tmp_path / "m" / "history.json").read_text()))
+
+
+def test_on_the_fly_random_init_trains_everything(data, tmp_path):
+    """The cards study's shape: random init (a .py init), everything trainable from the start
+    (BN too: random-init BN frozen would zero the features), augmentation on."""
+    r = recipe(base="mobilenet", alpha=0.25, head="study_cards", freeze_base=False, head_epochs=1,
+               fine_tune_epochs=0, steps_per_epoch=2)
+    summary = photo_train("m", {"models": {"m": r}}, data["processed"], tmp_path / "m",
+                          Path("tasks/photo/backbones.py"))
+    assert summary["mode"] == "on_the_fly" and not summary["used_cache"] and summary["weights_sha256"] is None
+    assert summary["recipe"]["train_bn"] is True and summary["trainable_params"] > 0.9 * summary["params"]
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [h["phase"] for h in history] == ["head"]
+    model = keras.models.load_model(tmp_path / "m" / "model.keras")
+    assert model.get_layer("head_dense").units == 128 and model.output_shape == (None, CLASSES)
+    assert model.input.dtype == "uint8"
+
+
+def test_study_banknotes_head_on_a_weights_file(data):
+    from tasks.photo.train import build, resolve
+
+    manifest = json.loads((data["processed"] / "manifest.json").read_text())
+    r, _ = resolve(photo_recipe(recipe(head="study_banknotes", train_bn=False), "m"), manifest, data["weights"])
+    model, base, train_model = build(r, manifest, backbones.weights_file(data["weights"]), None)
+    assert [layer.name for layer in model.layers][-5:] == ["base", "head_conv", "head_dropout", "pool", "head"]
+    assert model.output_shape == (None, CLASSES) and train_model.layers[1].name == "augment"
+    for a, b in zip(base.get_weights(), data["tiny"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_recipe_defaults_and_cache_head_mismatch(data, tmp_path):
+    params = {"train": {"batch_size": 128, "augment": False}, "photo": {"patience": 5},
+              "models": {"m": {"trainer": "tasks/photo", "head": "study_cards"}}}
+    r = photo_recipe(params, "m")
+    assert (r["batch_size"], r["patience"], r["augment"]["flip"], r["label_smoothing"]) == (32, 5, False, 0.0)
+    with pytest.raises(KeyError):
+        photo_recipe(params, "nope")
+    with pytest.raises(ValueError, match="pooled"):
+        photo_train("m", params, data["processed"], tmp_path / "m", data["cache"])
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/weights")
+@pytest.mark.parametrize("name,alpha,path", [
+    ("mobilenet", 0.25, "keras-applications/mobilenet/mobilenet_2_5_224_tf_no_top.h5"),
+    ("mobilenet_v2", 0.35, "reexported/mobilenet_v2_0.35_224_no_top.weights.h5"),
+    ("mobilenet_v2", 1.0, "reexported/mobilenet_v2_1.0_224_no_top.approx.weights.h5"),
+])
+def test_real_weight_files_load(name, alpha, path):
+    base = backbones.build_base(name, 224, alpha, SHARED / path)
+    random = backbones.build_base(name, 224, alpha, None)
+    assert not np.array_equal(base.get_weights()[0], random.get_weights()[0])
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_fine_tuning_resumes_after_the_head_phase(data, tmp_path):
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 4:
+                raise KeyboardInterrupt("killed")
+
+    class Epochs(keras.callbacks.Callback):
+        seen = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append(epoch)
+
+    params = {"models": {"m": recipe(head_epochs=3, fine_tune_epochs=2)}}
+    with pytest.raises(KeyboardInterrupt):
+        photo_train("m", params, data["processed"], tmp_path / "m", data["cache"], extra_callbacks=[Kill()])
+    assert (tmp_path / "m" / "backup.head.json").exists()
+    summary = photo_train("m", params, data["processed"], tmp_path / "m", data["cache"], extra_callbacks=[Epochs()])
+    assert summary["resumed"] and Epochs.seen == [4]  # no head epoch again, fine-tune epoch 1 not again
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [(h["epoch"], h["phase"]) for h in history] == [(0, "head"), (1, "head"), (2, "head"),
+                                                           (3, "fine_tune"), (4, "fine_tune")]
+    assert not (tmp_path / "m" / "backup.head.json").exists()

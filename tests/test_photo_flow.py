@@ -1,0 +1,73 @@
+"""End to end under Prefect: a photo folder (zip over HTTP) and pretrained weights (HTTP, pinned)
+-> prepare -> bottleneck cache -> head + fine-tune -> evaluate -> TFLite export -> report,
+on a tiny MobileNetV2 (alpha 0.35, 32 px)."""
+import hashlib
+import json
+
+import pytest
+import yaml
+
+from photos import class_tree, small_prepare, zip_tree
+
+
+@pytest.fixture(autouse=True)
+def no_env_mirror(monkeypatch):
+    monkeypatch.delenv("TLPIPE_MIRROR", raising=False)
+
+
+def tiny_weights(path):
+    import keras
+
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), include_top=False, weights=None)
+    base.save_weights(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def photo_project(tmp_path, http_server):
+    photos = tmp_path / "photos"
+    class_tree(photos, {"red": 12, "green": 12, "blue": 12})
+    archive = zip_tree(photos, tmp_path / "shapes.zip")
+    weights_sha = tiny_weights(tmp_path / "tiny.weights.h5")
+    http_server.add("shapes.zip", archive.read_bytes())
+    http_server.add("tiny.weights.h5", (tmp_path / "tiny.weights.h5").read_bytes())
+    root = tmp_path / "proj"
+    root.mkdir()
+    params = {
+        "mirror": "", "runtime": {"workers": 1}, "datasets": ["shapes"],
+        "download": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10},
+        "fetch": {"shapes": {"kind": "folder", "source": f"{http_server.base}/shapes.zip",
+                             "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}},
+        "prepare": {"shapes": small_prepare()},
+        "weights": {"tiny": {"arch": "mobilenet_v2", "alpha": 0.35, "url": f"{http_server.base}/tiny.weights.h5",
+                             "sha256": weights_sha, "mirror_alternatives": [], "file": "", "file_sha256": ""}},
+        "features": {"shapes_tiny": {"dataset": "shapes", "base": "mobilenet_v2", "alpha": 0.35, "image_size": 32,
+                                     "weights": "tiny", "batch_size": 16}},
+        "models": {"shapes_ours": {"dataset": "shapes", "init": "data/features/shapes_tiny", "trainer": "tasks/photo",
+                                   "head": "ours", "head_epochs": 3, "head_lr": 0.01, "fine_tune_epochs": 1,
+                                   "fine_tune_from": -10, "batch_size": 8, "patience": 5, "min_accuracy": 0.0}},
+        "evaluate": {"top_k": 2, "max_regression": 1.0, "grid": 4, "most_confused": 3, "batch_size": 16},
+        "export": {"representative_samples": 8, "representative_pool": 2, "latency_runs": 3, "num_threads": 1,
+                   "batch_size": 16, "seed": 0},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def test_photo_pipeline_flow_end_to_end(tmp_path, http_server, prefect_harness):
+    from flows.pipeline import pipeline
+
+    root = photo_project(tmp_path, http_server)
+    summary = pipeline(root=str(root), models=True)
+
+    assert sum(summary["shapes"].values()) == 36
+    cache = json.loads((root / "data/features/shapes_tiny/features.json").read_text())
+    assert cache["base"] == "mobilenet_v2" and cache["image_size"] == 32
+    history = json.loads((root / "models/shapes_ours/history.json").read_text())
+    assert [h["phase"] for h in history] == ["head"] * 3 + ["fine_tune"]
+    metrics = json.loads((root / "reports/shapes_ours/metrics.json").read_text())
+    assert metrics["tflite"]["float32"]["agreement"] >= 0.99
+    assert set(metrics["tflite"]) == {"float32", "int8"}
+    assert (root / "models/shapes_ours/model_int8.tflite").stat().st_size < \
+        (root / "models/shapes_ours/model_float32.tflite").stat().st_size
+    assert (root / "models/shapes_ours/labels.txt").read_text().split() == ["blue", "green", "red"]
+    assert "shapes_ours" in (root / "reports/README.md").read_text()
