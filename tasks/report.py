@@ -29,10 +29,6 @@ def architecture(recipe: dict) -> str:
     return recipe.get("arch", "?")
 
 
-def _seconds(train: dict):
-    return train.get("fit_seconds")
-
-
 def side_by_side(rows: list[dict]) -> list[str]:
     """Markdown: per dataset, every recipe's accuracy, train time, model size and latency."""
     lines = ["## Recipes side by side", "",
@@ -151,7 +147,7 @@ def write_report(reports_dir: Path, model_keys: list[str], *, models_dir: Path |
         recipe, tflite = train.get("recipe", {}), metrics.get("tflite", {})
         compared.append({"key": key, "dataset": recipe.get("dataset", "?"), "arch": architecture(recipe),
                          "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
-                         "tflite": tflite, "seconds": _seconds(train)})
+                         "tflite": tflite, "seconds": train.get("fit_seconds")})
         rows.append(f"| [{key}]({key}/README.md) | {recipe.get('dataset', '?')} | {architecture(recipe)} | "
                     f"{recipe.get('transfer_from') or '–'} / {recipe.get('freeze') or '–'} | "
                     f"{train.get('epochs_run', '–')} | {_pct(train.get('best_val_accuracy'))} | "
