@@ -21,6 +21,10 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f} %"
 
 
+def _ms(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def architecture(recipe: dict) -> str:
     """`reference_cnn`, or `mobilenet_v2 α=1.0 224px + ours head` for photo recipes."""
     if recipe.get("base"):
@@ -42,7 +46,7 @@ def side_by_side(rows: list[dict]) -> list[str]:
             f32, i8 = r["tflite"].get("float32", {}), r["tflite"].get("int8", {})
             lines.append(f"| {r['key']} | {r['arch']} | {r['split']} | {_pct(r['accuracy'])} | "
                          f"{_pct(i8.get('accuracy'))} | {r['seconds'] if r['seconds'] is not None else '–'} | "
-                         f"{f32.get('bytes', '–')} | {i8.get('bytes', '–')} | {i8.get('latency_ms', '–')} |")
+                         f"{f32.get('bytes', '–')} | {i8.get('bytes', '–')} | {_ms(i8.get('latency_ms'))} |")
         lines.append("")
     return lines
 

@@ -59,3 +59,16 @@ def test_second_repro_is_a_no_op_and_a_param_change_reruns_only_its_stage(dvc_re
     third = run(["dvc", "repro", "prepare"], repo, env)
     assert "Running stage 'prepare@mnist'" in third
     assert third.count("Running stage") == 1
+
+
+def test_report_stage_lists_every_model():
+    """DVC cannot interpolate a list into deps, so the report stage names each model's files by hand:
+    a model added to params.yaml without them would leave its page out of `dvc repro`'s tracking."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]}
+    for key in yaml.safe_load((REPO / "params.yaml").read_text())["models"]:
+        for dep in (f"reports/{key}/metrics.json", f"reports/{key}/per_class.json", f"models/{key}/train.json",
+                    f"models/{key}/history.json"):
+            assert dep in stage["deps"], f"dvc.yaml report: add {dep}"
+        for out in (f"reports/{key}/README.md", f"reports/{key}/curves.png"):
+            assert out in outs, f"dvc.yaml report: add {out} to outs"

@@ -99,6 +99,7 @@ def test_report_pages_and_index(tmp_path):
                         for k in ("float32", "int8")}}))
     out = write_report(reports, ["mnist_scratch", "mnist_transfer_conv"], models_dir=models)
     assert "99.10 %" in out["markdown"] and "transfer.png" in out["markdown"]
+    assert "| mnist_scratch | reference_cnn | test | 99.10 % | 99.00 % | – | 1000 | 1000 | 0.20 |" in out["markdown"]
     assert (reports / "transfer.png").exists() and (reports / "mnist_scratch" / "curves.png").exists()
     page = (reports / "mnist_scratch" / "README.md").read_text()
     assert "| int8 | 99.00 % | 100.00 % | 1,000 |" in page and "blessed" in page

@@ -257,3 +257,16 @@ def test_a_run_killed_while_fine_tuning_resumes_after_the_head_phase(data, tmp_p
     assert [(h["epoch"], h["phase"]) for h in history] == [(0, "head"), (1, "head"), (2, "head"),
                                                            (3, "fine_tune"), (4, "fine_tune")]
     assert not (tmp_path / "m" / "backup.head.json").exists()
+
+
+def test_fine_tune_cosine_schedule_decays_to_one_percent(data, tmp_path):
+    keeper = Keeper()
+    r = recipe(head_epochs=1, fine_tune_epochs=2, fine_tune_lr=1e-3, fine_tune_schedule="cosine", fine_tune_from=140)
+    photo_train("m", {"models": {"m": r}}, data["processed"], tmp_path / "m", data["cache"],
+                extra_callbacks=[keeper])
+    optimizer = keeper.fitted[-1].optimizer
+    assert int(optimizer.iterations) == 2 * 3  # 24 train images in batches of 8, two epochs
+    assert float(optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        photo_train("m", {"models": {"m": {**r, "fine_tune_schedule": "linear"}}}, data["processed"],
+                    tmp_path / "bad", data["cache"])

@@ -26,7 +26,8 @@ from tasks.io import write_json
 from tasks.models import Seeds
 from tasks.photo import augment as aug
 from tasks.photo import backbones, features, heads
-from tasks.train import HAVE_TENSORBOARD, LiveLogger, _setup, load_split, prepare_out_dir, read_log, recipe_for
+from tasks.train import (HAVE_TENSORBOARD, LiveLogger, _setup, learning_rate, load_split, prepare_out_dir, read_log,
+                         recipe_for)
 
 DEFAULTS = {
     "base": None, "alpha": None, "image_size": None,  # from the cache, else mobilenet_v2, 1.0, dataset size
@@ -34,6 +35,7 @@ DEFAULTS = {
     "batch_size": 32, "seed": 42,
     "head_epochs": 5, "head_lr": 1e-3, "freeze_base": True,
     "fine_tune_epochs": 0, "fine_tune_lr": 1e-4, "fine_tune_from": 100,
+    "fine_tune_schedule": "constant",                  # constant | cosine (to 1 % over fine_tune_epochs)
     "train_bn": None,  # None: BN trains only for a random-init base (frozen random BN zeroes the features)
     "steps_per_epoch": None,                           # None: one pass over the train split
     "augment": dict(aug.AUGMENT_DEFAULTS), "patience": 3, "label_smoothing": 0.0, "cache_images": True,
@@ -145,14 +147,16 @@ def _finish(ds, one_hot: int | None):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def compile_for(model: keras.Model, lr: float, recipe: dict) -> None:
+def compile_for(model: keras.Model, lr, recipe: dict) -> None:
+    """Adam at `lr` (a float or a schedule); categorical loss with label smoothing when set."""
     smoothing = float(recipe["label_smoothing"] or 0)
     if smoothing:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
         loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["accuracy"]
-    model.compile(optimizer=keras.optimizers.Adam(float(lr)), loss=loss, metrics=metrics)
+    lr = lr if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) else float(lr)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=metrics)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -266,8 +270,11 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     # phase 2: fine-tune the base from `fine_tune_from` on, end to end on (augmented) images
     if int(recipe["fine_tune_epochs"]) > 0:
         backbones.set_trainable(base, int(recipe["fine_tune_from"]), recipe["train_bn"])
+        n_train = manifest["splits"]["train"]["count"]
+        lr = learning_rate({"lr": recipe["fine_tune_lr"], "schedule": recipe["fine_tune_schedule"],
+                            "epochs": recipe["fine_tune_epochs"]}, steps or -(-n_train // int(recipe["batch_size"])))
         with strategy.scope():
-            compile_for(train_model, recipe["fine_tune_lr"], recipe)
+            compile_for(train_model, lr, recipe)
         train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot)
         seconds["fine_tune"] = fit_phase("fine_tune", train_model, train_ds, val_ds,
                                          epochs=int(recipe["fine_tune_epochs"]),
