@@ -270,3 +270,4 @@ def test_fine_tune_cosine_schedule_decays_to_one_percent(data, tmp_path):
     with pytest.raises(ValueError, match="unknown schedule"):
         photo_train("m", {"models": {"m": {**r, "fine_tune_schedule": "linear"}}}, data["processed"],
                     tmp_path / "bad", data["cache"])
+    assert not (tmp_path / "bad" / "log.csv").exists()  # it failed before the head phase trained

@@ -231,6 +231,10 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     k = manifest["num_classes"]
     one_hot = k if float(recipe["label_smoothing"] or 0) else None
     steps = int(recipe["steps_per_epoch"]) if recipe["steps_per_epoch"] else None
+    # built here, before any training, so a bad `fine_tune_schedule` fails before the head phase runs
+    fine_tune_lr = learning_rate({"lr": recipe["fine_tune_lr"], "schedule": recipe["fine_tune_schedule"],
+                                  "epochs": recipe["fine_tune_epochs"]},
+                                 steps or -(-manifest["splits"]["train"]["count"] // int(recipe["batch_size"])))
     with strategy.scope():
         model, base, train_model = build(recipe, manifest, weights, cache)
         head_model = head_on_features(info["dim"], k, recipe) if cache else None
@@ -270,11 +274,8 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     # phase 2: fine-tune the base from `fine_tune_from` on, end to end on (augmented) images
     if int(recipe["fine_tune_epochs"]) > 0:
         backbones.set_trainable(base, int(recipe["fine_tune_from"]), recipe["train_bn"])
-        n_train = manifest["splits"]["train"]["count"]
-        lr = learning_rate({"lr": recipe["fine_tune_lr"], "schedule": recipe["fine_tune_schedule"],
-                            "epochs": recipe["fine_tune_epochs"]}, steps or -(-n_train // int(recipe["batch_size"])))
         with strategy.scope():
-            compile_for(train_model, lr, recipe)
+            compile_for(train_model, fine_tune_lr, recipe)
         train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot)
         seconds["fine_tune"] = fit_phase("fine_tune", train_model, train_ds, val_ds,
                                          epochs=int(recipe["fine_tune_epochs"]),
