@@ -86,6 +86,20 @@ NETWORK_ERRORS = (
 # ---------------------------------------------------------------- retry helper
 
 
+def download_options(params: dict) -> dict:
+    """Retry and timeout settings from params.yaml `download`."""
+    d = params.get("download") or {}
+    return {"retries": int(d.get("retries", 5)), "backoff_s": float(d.get("backoff_s", 1.0)),
+            "timeout_s": float(d.get("timeout_s", 60))}
+
+
+def join(base: str, path: str) -> str:
+    """`path` under a mirror or upstream base: a URL, or a local directory."""
+    if "://" in base:
+        return base.rstrip("/") + "/" + path
+    return str(Path(base).expanduser().resolve() / path)
+
+
 def backoff_delay(attempt: int, backoff_s: float) -> float:
     """Exponential backoff with full jitter (AWS style): uniform(0, base * 2**attempt)."""
     return random.uniform(0.0, min(MAX_BACKOFF_S, backoff_s * (2**attempt)))

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import Project, mirror
-from tasks.download import NotFound, download
+from tasks.download import NotFound, download, download_options, join
 from tasks.io import atomic_dir, write_json
 from tasks.remote_zip import fetch_zip_member
 from tasks.sources import RemoteFile, is_image_folder, source
@@ -28,7 +28,7 @@ def fetch(project: Project, key: str) -> dict:
         return fetch_images(project, key, module, params)
     sets = {fmt: [with_pins(f, fetch_params.get("sha256") or {}) for f in files]
             for fmt, files in module.file_sets(fetch_params).items()}
-    options = _download_options(params)
+    options = download_options(params)
     base = mirror(params)
     misses = []
     with atomic_dir(project.raw_dir(key)) as tmp:
@@ -97,18 +97,6 @@ def locations(f: RemoteFile, base: str | None) -> list[tuple[str, str | None]]:
     # A mirror may hold the archive, or the member already extracted beside where the archive would be.
     extracted = join(base, str(Path(f.mirror_path).parent / f.member))
     return [(archive, f.member), (extracted, None)]
-
-
-def join(base: str, path: str) -> str:
-    if "://" in base:
-        return base.rstrip("/") + "/" + path
-    return str(Path(base).expanduser().resolve() / path)
-
-
-def _download_options(params: dict) -> dict:
-    d = params.get("download") or {}
-    return {"retries": int(d.get("retries", 5)), "backoff_s": float(d.get("backoff_s", 1.0)),
-            "timeout_s": float(d.get("timeout_s", 60))}
 
 
 def _clear(directory: Path) -> None:

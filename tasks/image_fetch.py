@@ -19,8 +19,7 @@ from pathlib import Path
 
 from tasks import archives, kaggle_api
 from tasks.config import Project, mirror
-from tasks.download import ChecksumError, NotFound, download, local_path, sha256_file
-from tasks.fetch import _download_options
+from tasks.download import ChecksumError, NotFound, download, download_options, local_path, sha256_file
 from tasks.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def fetch_images(project: Project, key: str, module, params: dict) -> dict:
             count, size, skipped = copy_tree(where["path"], tmp, hardlink=link == "hardlink")
             entry, fmt = {"source": shown, "files": count, "bytes": size}, "folder"
         else:
-            archive, entry = _obtain_archive(key, where, shown, pin, tmp / ".download", _download_options(params))
+            archive, entry = _obtain_archive(key, where, shown, pin, tmp / ".download", download_options(params))
             result = archives.extract(archive, tmp / ".extract", source=shown)
             _move_children(archives.unwrap_single_folder(tmp / ".extract"), tmp)
             fmt, count, skipped = result["kind"], result["members"], result["skipped"]

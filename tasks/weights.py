@@ -29,8 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tasks.config import Project, mirror
-from tasks.download import ChecksumError, ContentError, NotFound, download
-from tasks.fetch import _download_options, join
+from tasks.download import ChecksumError, ContentError, NotFound, download, download_options, join
 from tasks.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ def fetch_weights(project: Project, key: str) -> dict:
         if entry.get("file"):
             record = _fetch_local(project, key, entry, tmp)
         else:
-            record = _fetch_remote(key, entry, tmp, mirror(params), _download_options(params))
+            record = _fetch_remote(key, entry, tmp, mirror(params), download_options(params))
         path = tmp / record["file"]
         fmt = weights_format(path, record["url"])
         name = keras_name(record["file"], fmt)

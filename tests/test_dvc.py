@@ -72,3 +72,62 @@ def test_report_stage_lists_every_model():
             assert dep in stage["deps"], f"dvc.yaml report: add {dep}"
         for out in (f"reports/{key}/README.md", f"reports/{key}/curves.png"):
             assert out in outs, f"dvc.yaml report: add {out} to outs"
+
+
+# What each `tlpipe` subcommand runs: its entry modules (a trainer from params.yaml for `train`).
+STAGE_ENTRY = {"fetch": ["tasks/fetch.py", "tasks/sources/{key}.py"],
+               "prepare": ["tasks/prepare.py", "tasks/sources/{key}.py"],
+               "fetch-weights": ["tasks/weights.py"], "features": ["tasks/photo/features.py"],
+               "train": ["{trainer}"], "evaluate": ["tasks/evaluate.py"], "export": ["tasks/export.py"],
+               "report": ["tasks/report.py"]}
+# Plumbing that decides where and how files are written (paths, atomic writes, JSON), never what is
+# computed: not declared, so that touching it does not retrain every model.
+PLUMBING = {"tasks/__init__.py", "tasks/config.py", "tasks/io.py", "tasks/cli.py"}
+
+
+def tasks_imports(path: Path) -> set[Path]:
+    """The tasks/ modules a file imports, at module level or inside functions."""
+    import ast
+
+    def module(name):
+        base = REPO / Path(*name.split("."))
+        return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()), None)
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tasks":
+            found.add(module(node.module))
+            found.update(module(f"{node.module}.{alias.name}") for alias in node.names)  # submodules
+        elif isinstance(node, ast.Import):
+            found.update(module(a.name) for a in node.names if a.name.split(".")[0] == "tasks")
+    return found - {None}
+
+
+def code_of(entries: list[str]) -> set[str]:
+    """Every tasks/ file reached from the entry files (or folders) by imports."""
+    todo = [p for e in entries for p in ((REPO / e).glob("*.py") if (REPO / e).is_dir() else [REPO / e])]
+    seen = set()
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(tasks_imports(path) - seen)
+    return {p.relative_to(REPO).as_posix() for p in seen}
+
+
+def test_stages_declare_the_code_they_run():
+    """A stage reruns when code it runs changes only if that code is a dep: walk each stage's imports
+    and check that every tasks/ module reached is declared (a file, or a folder holding it)."""
+    dvc_repo = pytest.importorskip("dvc.repo")
+    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+    with dvc_repo.Repo(str(REPO)) as repo:
+        stages = list(repo.index.stages)
+    assert stages
+    for stage in stages:
+        _, command, *rest = stage.cmd.split()
+        key = rest[0] if rest else ""
+        entries = [e.format(key=key, trainer=models.get(key, {}).get("trainer", "")) for e in STAGE_ENTRY[command]]
+        deps = [d.def_path.rstrip("/") for d in stage.deps]
+        missing = sorted(m for m in code_of(entries) - PLUMBING
+                         if not any(m == d or m.startswith(d + "/") for d in deps))
+        assert not missing, f"dvc.yaml {stage.addressing}: add {missing} to deps"

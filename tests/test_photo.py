@@ -89,6 +89,16 @@ def test_augmentation_has_no_flip_unless_asked():
     np.testing.assert_array_equal(np.asarray(augment.augmenter(True, 0)(x, training=False)), x)
 
 
+def test_rotation_and_contrast_are_opt_in_and_stay_in_range():
+    assert not {"aug_rotate", "aug_contrast"} & {layer.name for layer in augment.augmenter(True, 0).layers}
+    both = augment.augmenter({"crop": 0, "scale": 0, "brightness": 0, "rotate": 0.05, "contrast": 0.3}, 0)
+    assert [layer.name for layer in both.layers] == ["aug_float", "aug_rotate", "aug_contrast"]
+    x = np.random.default_rng(1).integers(0, 256, (4, SIZE, SIZE, 3)).astype("float32")
+    y = np.asarray(both(x, training=True))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255 and not np.array_equal(x, y)
+    np.testing.assert_array_equal(np.asarray(both(x, training=False)), x)
+
+
 def test_features_cache(data, monkeypatch):
     cache, info = data["cache"], data["info"]
     assert sorted(p.name for p in cache.iterdir()) == ["base.keras", "features.json", "test.npz", "train.npz",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-AUGMENT_DEFAULTS = {"crop": 0.1, "scale": 0.1, "brightness": 0.2, "flip": False}
+AUGMENT_DEFAULTS = {"crop": 0.1, "scale": 0.1, "brightness": 0.2, "rotate": 0.0, "contrast": 0.0, "flip": False}
 
 
 def config(augment) -> dict | None:
-    """The recipe's `augment` (false | true | {crop, scale, brightness, flip}) over the defaults."""
+    """The recipe's `augment` (false | true | {crop, scale, brightness, rotate, contrast, flip}) over the defaults."""
     if not augment:
         return None
     return {**AUGMENT_DEFAULTS, **(augment if isinstance(augment, dict) else {})}
@@ -24,7 +24,9 @@ def augmenter(augment, seed: int) -> keras.Sequential | None:
 
     crop: a random window up to `crop` smaller, scaled back to full size (zoom in + shift); scale:
     random zoom in or out by up to the fraction; brightness: add up to +-fraction of the range
-    (clipped to 0..255); flip: random left-right. All are the identity outside training.
+    (clipped to 0..255); rotate: up to +-fraction of a full turn (0.03 = +-11 degrees: a hand-held
+    photo); contrast: scale the deviation from the mean by 1 +- fraction; flip: random left-right.
+    All are the identity outside training; a knob at 0 adds no layer.
     """
     cfg = config(augment)
     if cfg is None:
@@ -42,6 +44,12 @@ def augmenter(augment, seed: int) -> keras.Sequential | None:
     if cfg["brightness"]:
         parts.append(layers.RandomBrightness(float(cfg["brightness"]), value_range=(0, 255), seed=seed + 2,
                                              name="aug_brightness", dtype="float32"))
+    if cfg["rotate"]:
+        parts.append(layers.RandomRotation(float(cfg["rotate"]), fill_mode="reflect", seed=seed + 5,
+                                           name="aug_rotate", dtype="float32"))
+    if cfg["contrast"]:  # RandomContrast clips to value_range, like brightness
+        parts.append(layers.RandomContrast(float(cfg["contrast"]), value_range=(0, 255), seed=seed + 6,
+                                           name="aug_contrast", dtype="float32"))
     if cfg["flip"]:
         parts.append(layers.RandomFlip("horizontal", seed=seed + 3, name="aug_flip", dtype="float32"))
     return keras.Sequential(parts, name="augment")
