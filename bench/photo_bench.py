@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,14 +43,22 @@ SEED = 42
 # ---------------------------------------------------------------- (a) input pipelines
 
 
-def timed_passes(one_pass, passes: int) -> dict:
-    """One warm-up pass, then `passes` timed full passes; `one_pass()` returns the images it produced."""
-    one_pass()
-    start, n = time.perf_counter(), 0
-    for _ in range(passes):
-        n += one_pass()
-    seconds = time.perf_counter() - start
-    return {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1)}
+def timed_rounds(passes: dict, rounds: int) -> dict:
+    """Each pipeline's `one_pass()` (returns the images it produced) once to warm up, then `rounds`
+    rounds that time one pass of every pipeline in turn: a slow spell of a noisy machine hits all of
+    them, not just the one measured then. Rates are the median over rounds."""
+    for one_pass in passes.values():
+        one_pass()
+    timed = {name: [] for name in passes}  # (images, seconds) per round
+    for _ in range(rounds):
+        for name, one_pass in passes.items():
+            start = time.perf_counter()
+            n = one_pass()
+            timed[name].append((n, time.perf_counter() - start))
+    return {name: {"images": sum(n for n, _ in runs), "seconds": round(sum(t for _, t in runs), 3),
+                   "rates": [round(n / t, 1) for n, t in runs],
+                   "images_per_s": round(statistics.median(n / t for n, t in runs), 1)}
+            for name, runs in timed.items()}
 
 
 def shards_pipeline(processed: Path, size: int, limit: int | None):
@@ -104,12 +113,9 @@ def input_pipelines(args) -> dict:
     shards = shards_pipeline(Path(args.processed), args.image_size, args.limit)
     idg = image_data_generator(Path(args.folder), args.image_size, args.limit)
     idfd = dataset_from_directory(Path(args.folder), args.image_size, args.limit)
-    result = {
-        "batch": BATCH, "image_size": args.image_size, "passes": args.passes, "limit": args.limit,
-        "shards_tf_data": timed_passes(lambda: drain_tf(shards), args.passes),
-        "image_data_generator": timed_passes(idg, args.passes),
-        "image_dataset_from_directory": timed_passes(lambda: drain_tf(idfd), args.passes),
-    }
+    result = {"batch": BATCH, "image_size": args.image_size, "passes": args.passes, "limit": args.limit,
+              **timed_rounds({"shards_tf_data": lambda: drain_tf(shards), "image_data_generator": idg,
+                              "image_dataset_from_directory": lambda: drain_tf(idfd)}, args.passes)}
     base = result["image_data_generator"]["images_per_s"]
     result["ratio_vs_image_data_generator"] = {
         k: round(result[k]["images_per_s"] / base, 2) for k in ("shards_tf_data", "image_dataset_from_directory")}
@@ -265,7 +271,7 @@ def parse_args(argv=None):
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="cap the images each measurement uses")
-    ap.add_argument("--passes", type=int, default=2, help="timed passes per input pipeline (after 1 warm-up)")
+    ap.add_argument("--passes", type=int, default=5, help="timed rounds (one pass of each input pipeline in turn, after 1 warm-up)")
     ap.add_argument("--skip", choices=("pipelines", "training"), default=None)
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "photo.json"))
     return ap.parse_args(argv)

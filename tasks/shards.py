@@ -205,11 +205,6 @@ def load_manifest(processed_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-# From this many pixels per image on, decoding dominates: decode images one by one in parallel
-# (batched parsing, with its sequential map_fn decode, only pays off for small images like digits).
-PER_IMAGE_DECODE_PIXELS = 64 * 64
-
-
 def _feature_spec():
     import tensorflow as tf
 
@@ -224,9 +219,8 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
     """tf.data pipeline over a split's shards: `(image uint8 [H,W,C], label int64)`.
 
     Shards are read with a parallel interleave; order is deterministic unless `shuffle` (shards,
-    then records within `shuffle_buffer`). With `batch_size`, batches come out: small images (digits)
-    are parsed a batch at a time (~2.4x faster than one by one); photos, where decoding is the cost,
-    are decoded one by one in parallel before batching. `with_ids` adds the stable source id.
+    then records within `shuffle_buffer`). With `batch_size`, records are parsed a batch at a time
+    (~2.4x faster than one by one) and batches come out. `with_ids` adds the stable source id.
     """
     import tensorflow as tf
 
@@ -241,12 +235,10 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
         image = tf.io.decode_image(encoded, channels=shape[-1], expand_animations=False)
         return tf.ensure_shape(image, shape)
 
-    batched = bool(batch_size) and shape[0] * shape[1] < PER_IMAGE_DECODE_PIXELS
-
     def parse(records):
-        ex = (tf.io.parse_example if batched else tf.io.parse_single_example)(records, spec)
+        ex = (tf.io.parse_example if batch_size else tf.io.parse_single_example)(records, spec)
         images = (tf.map_fn(decode, ex["image/encoded"], fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-                  if batched else decode(ex["image/encoded"]))
+                  if batch_size else decode(ex["image/encoded"]))
         return (images, ex["label"], ex["source_id"]) if with_ids else (images, ex["label"])
 
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -256,9 +248,7 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if batched:
+    if batch_size:
         ds = ds.batch(batch_size)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    if batch_size and not batched:
-        ds = ds.batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)

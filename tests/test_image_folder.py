@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from photos import class_tree, encoded, jpeg, pattern, small_prepare, write, write_params
-from tasks import image_folder, shards
+from tasks import image_folder
 from tasks.cli import main
 from tasks.config import Project
 from tasks.download import NotFound
@@ -162,24 +162,6 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_right(messy)
     for sid in ("train/blue/progressive.jpg", "train/green/flip.jpg"):  # progressive / needs rotation: re-encoded
         assert stored[sid] != (src / sid).read_bytes()
         assert b"\xff\xc0" in stored[sid][:400]  # baseline SOF0
-
-
-@pytest.mark.parametrize("per_image_from", [1, 10**9])  # photo path (decode per image), digit path
-def test_batched_reads_give_the_one_by_one_images(messy, monkeypatch, per_image_from):
-    project, _ = messy
-    fetch(project, "cards")
-    prepare(project, "cards")
-    processed = project.processed_dir("cards")
-    one_by_one = read_back(processed, "train")
-    monkeypatch.setattr(shards, "PER_IMAGE_DECODE_PIXELS", per_image_from)
-    batched = {}
-    for images, labels, ids in read_split(processed, "train", batch_size=6, with_ids=True):
-        assert images.shape[1:] == (32, 32, 3) and len(images) <= 6
-        batched.update({sid.decode(): (im, int(y)) for im, y, sid in zip(images.numpy(), labels.numpy(), ids.numpy())})
-    assert batched.keys() == one_by_one.keys()
-    for sid, (image, label) in batched.items():
-        np.testing.assert_array_equal(image, one_by_one[sid][0])
-        assert label == one_by_one[sid][1]
 
 
 def test_output_is_byte_identical_whatever_the_worker_count(messy, monkeypatch):
