@@ -250,5 +250,6 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if batch_size:
         ds = ds.batch(batch_size)
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    # one parse per core, not AUTOTUNE: autotuning left a core idle in some passes (half the images/s)
+    ds = ds.map(parse, num_parallel_calls=os.cpu_count() or 1, deterministic=not shuffle)
     return ds.prefetch(tf.data.AUTOTUNE)
