@@ -64,7 +64,7 @@ def _features(args):
     from tasks.photo.features import features_stage
 
     info = features_stage(find_project(), args.key)
-    return {k: info.get(k) for k in ("base", "alpha", "image_size", "dim", "splits", "seconds", "images_per_s")}
+    return {k: info.get(k) for k in ("base", "alpha", "image_size", "dim", "splits", "speed")}
 
 
 def _model_stage(name):

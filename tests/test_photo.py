@@ -41,7 +41,8 @@ def data(tmp_path_factory):
     tiny(photos(240, 99)[0].astype("float32") / 127.5 - 1, training=True)
     tiny.save_weights(root / "weights" / "tiny.weights.h5")
     cfg = {"base": "mobilenet_v2", "alpha": 0.35, "batch_size": 8}
-    info = features.compute_features(root / "processed", root / "weights", root / "cache", cfg)
+    info = features.compute_features(root / "processed", root / "weights", root / "cache", cfg,
+                                     speed_path=root / "speed" / "cache.json")
     return {"root": root, "processed": root / "processed", "weights": root / "weights", "cache": root / "cache",
             "tiny": tiny, "info": info}
 
@@ -100,17 +101,21 @@ def test_rotation_and_contrast_are_opt_in_and_stay_in_range():
 
 
 def test_features_cache(data, monkeypatch):
-    cache, info = data["cache"], data["info"]
-    assert sorted(p.name for p in cache.iterdir()) == ["base.keras", "features.json", "test.npz", "train.npz",
+    cache, info = data["cache"], dict(data["info"])
+    speed = info.pop("speed")
+    assert sorted(p.name for p in cache.iterdir()) == ["base.weights.h5", "features.json", "test.npz", "train.npz",
                                                         "validation.npz"]
     assert json.loads((cache / "features.json").read_text()) == info
+    assert json.loads((data["root"] / "speed" / "cache.json").read_text()) == speed
+    assert speed["count"] == 48 and speed["images_per_s"] > 0 and set(speed["splits"]) == set(info["splits"])
     assert info["weights_sha256"] == backbones.sha256(data["weights"] / "tiny.weights.h5")
     assert {s: v["count"] for s, v in info["splits"].items()} == {"train": 24, "validation": 12, "test": 12}
     x, y = features.load_split(cache, "validation")
     assert x.shape == (12, info["dim"]) and x.dtype == np.float32 and y.dtype == np.int64
     images, labels = photos(12, 1)
     np.testing.assert_array_equal(y, labels)
-    model = keras.models.load_model(cache / "base.keras")
+    base = backbones.build_base("mobilenet_v2", SIZE, 0.35, features.base_weights(cache))
+    model = backbones.features_model(base, [SIZE, SIZE, 3], SIZE)
     assert model.input.dtype == "uint8"
     np.testing.assert_allclose(model.predict(images, verbose=0), x, rtol=1e-4, atol=1e-4)
     with np.load(cache / "validation.npz") as f:
@@ -125,6 +130,29 @@ def test_features_cache(data, monkeypatch):
         features.compute_features(data["processed"], data["weights"], cache, {"alpha": 0.35})
     assert {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()} == before
     assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".cache")] == []
+
+
+def test_features_cache_is_byte_reproducible(data, tmp_path):
+    """A rerun writes the same bytes (DVC then sees no change and retrains nothing downstream), even
+    after this process has built other models (Keras names layers from a per-process counter)."""
+    backbones.build_base("mobilenet_v2", SIZE, 0.35, None)
+    again = features.compute_features(data["processed"], data["weights"], tmp_path / "again",
+                                      {"base": "mobilenet_v2", "alpha": 0.35, "batch_size": 8})
+    assert {k: v for k, v in again.items() if k != "speed"} == {k: v for k, v in data["info"].items() if k != "speed"}
+    files = sorted(p.name for p in data["cache"].iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "again").iterdir())
+    for name in files:
+        assert (tmp_path / "again" / name).read_bytes() == (data["cache"] / name).read_bytes(), name
+
+
+def test_trainer_names_a_cache_without_base_weights(data, tmp_path):
+    old = tmp_path / "old_cache"
+    old.mkdir()
+    for p in data["cache"].iterdir():
+        if p.name != features.BASE_WEIGHTS:
+            (old / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(FileNotFoundError, match="old_cache/base.weights.h5.*rerun features@"):
+        photo_train("m", {"models": {"m": recipe(head="ours")}}, data["processed"], tmp_path / "m", old)
 
 
 class Keeper(keras.callbacks.Callback):
@@ -158,7 +186,7 @@ def test_cache_head_then_fine_tune_keeps_frozen_layers_and_is_deterministic(data
 
     head_model, train_model = keeper.fitted
     assert head_model.input_shape == (None, data["info"]["dim"])
-    source = keras.models.load_model(data["cache"] / "base.keras").get_layer("base")
+    source = backbones.build_base("mobilenet_v2", SIZE, 0.35, features.base_weights(data["cache"]))
     tuned = next(layer for layer in train_model.layers[-1].layers if layer.name == "base")
     changed = []
     for i, (before, after) in enumerate(zip(source.layers, tuned.layers)):
@@ -192,6 +220,28 @@ def test_head_on_cache_moves_onto_the_full_model(data, tmp_path):
                                                json.loads((tmp_path / "m" / "history.json").read_text()))
 
 
+def test_spatial_head_trains_on_a_cache_of_feature_maps(data, tmp_path):
+    """`pool: false` caches the maps (float16); the spatial head trains on them and moves onto the
+    full model, which then predicts from uint8 images what the head predicted from the cache."""
+    info = features.compute_features(data["processed"], data["weights"], tmp_path / "maps",
+                                     {"base": "mobilenet_v2", "alpha": 0.35, "batch_size": 8, "pool": False})
+    assert info["pooled"] is False and info["shape"] == [1, 1, info["dim"]]
+    x, _ = features.load_split(tmp_path / "maps", "validation")
+    assert x.shape == (12, 1, 1, info["dim"]) and x.dtype == np.float16
+    pooled, _ = features.load_split(data["cache"], "validation")
+    np.testing.assert_allclose(x.reshape(12, -1).astype(np.float32), pooled, rtol=2e-3, atol=2e-3)
+    keeper = Keeper()
+    summary = photo_train("m", {"models": {"m": recipe(head="spatial", dropout=0.1, head_epochs=3,
+                                                       fine_tune_epochs=0)}},
+                          data["processed"], tmp_path / "m", tmp_path / "maps", extra_callbacks=[keeper])
+    assert summary["trainable_params"] == (info["dim"] * 64 + 64) + (64 * CLASSES + CLASSES)
+    (head_model,) = keeper.fitted
+    full = keras.models.load_model(tmp_path / "m" / "model.keras")
+    assert [layer.name for layer in full.layers][-4:] == ["head_conv", "flatten", "head_dropout", "head"]
+    np.testing.assert_allclose(full.predict(photos(12, 1)[0], verbose=0),
+                               head_model.predict(x.astype(np.float32), verbose=0), atol=2e-3)
+
+
 def test_on_the_fly_random_init_trains_everything(data, tmp_path):
     """The cards study's shape: random init (a .py init), everything trainable from the start
     (BN too: random-init BN frozen would zero the features), augmentation on."""
@@ -213,7 +263,7 @@ def test_study_banknotes_head_on_a_weights_file(data):
 
     manifest = json.loads((data["processed"] / "manifest.json").read_text())
     r, _ = resolve(photo_recipe(recipe(head="study_banknotes", train_bn=False), "m"), manifest, data["weights"])
-    model, base, train_model = build(r, manifest, backbones.weights_file(data["weights"]), None)
+    model, base, train_model = build(r, manifest, backbones.weights_file(data["weights"]))
     assert [layer.name for layer in model.layers][-5:] == ["base", "head_conv", "head_dropout", "pool", "head"]
     assert model.output_shape == (None, CLASSES) and train_model.layers[1].name == "augment"
     for a, b in zip(base.get_weights(), data["tiny"].get_weights()):
@@ -227,7 +277,10 @@ def test_recipe_defaults_and_cache_head_mismatch(data, tmp_path):
     assert (r["batch_size"], r["patience"], r["augment"]["flip"], r["label_smoothing"]) == (32, 5, False, 0.0)
     with pytest.raises(KeyError):
         photo_recipe(params, "nope")
-    with pytest.raises(ValueError, match="pooled"):
+    with pytest.raises(ValueError, match="trains the heads \\['ours', 'spatial'\\] only"):
+        photo_train("m", params, data["processed"], tmp_path / "m", data["cache"])
+    params["models"]["m"]["head"] = "spatial"
+    with pytest.raises(ValueError, match="needs the feature maps.*pool: false"):
         photo_train("m", params, data["processed"], tmp_path / "m", data["cache"])
 
 

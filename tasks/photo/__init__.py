@@ -5,7 +5,7 @@ data_dir, out_dir, init_path)`; what `init` (-> init_path) names decides the mod
 
 - `data/features/<key>` (a bottleneck cache from `features@<key>`, see features.py): the `ours` head
   (GAP, dropout, softmax) trains on the cached pooled features in seconds; with `fine_tune_epochs`
-  it then moves onto the cache's own base (base.keras) and the top of the base is fine-tuned on the
+  it then moves onto the cache's own base (base.weights.h5) and the top of the base is fine-tuned on the
   augmented images.
 - `data/weights/<key>` (one .h5 / .weights.h5 file) or a .py file (random init): the full model is
   built here (backbones.py + heads.py) and trained on the images: head first with the base frozen

@@ -84,6 +84,7 @@ def build_base(name: str, image_size: int, alpha: float = 1.0, weights: Path | s
         except Exception as e:  # noqa: BLE001 - say which file did not fit which base
             raise ValueError(f"{path}: does not fit {name}(alpha={alpha}, include_top=False): {e}") from e
     base.name = "base"  # fixed name, whatever the application calls itself
+    base.layers[0].name = "base_input"  # not Keras' per-process counter: saved weights files stay byte-stable
     return base
 
 
@@ -122,9 +123,9 @@ def front(image_shape, image_size: int, name: str = "image"):
     return inputs, layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(x)
 
 
-def features_model(base: keras.Model, image_shape, image_size: int) -> keras.Model:
-    """uint8 image -> pooled base features (the bottleneck; saved as base.keras in a cache)."""
+def features_model(base: keras.Model, image_shape, image_size: int, pool: bool = True) -> keras.Model:
+    """uint8 image -> pooled base features, or the base's feature map (the bottleneck of a features cache)."""
     inputs, x = front(image_shape, image_size)
     x = base(x, training=False)
-    outputs = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.GlobalAveragePooling2D(name="pool")(x) if pool else x
     return keras.Model(inputs, outputs, name="features")

@@ -1,9 +1,12 @@
-"""The bottleneck cache: a frozen base's pooled features of every image, computed once.
+"""The bottleneck cache: a frozen base's pooled features (or feature maps) of every image, computed once.
 
 `compute_features` writes into out_dir (data/features/<key>/), atomically: `<split>.npz` (features
-float32 N x D, labels int64, ids), `base.keras` (uint8 image -> pooled features, the exact weights the
-cache holds) and `features.json` (base, alpha, image size, weights sha256, counts, speed).
-A head trained on the cache (seconds per epoch) then moves onto base.keras for fine-tuning.
+float32 N x D, or with `pool: false` the maps float16 N x H x W x D for a head that looks at where
+things are; labels int64; ids), `base.weights.h5` (the exact base weights the cache was computed
+with) and `features.json` (base, alpha, image size, weights sha256, counts). The directory is a pure
+function of its inputs, byte for byte, so a rerun does not retrain the models downstream: the run's
+speed goes to a separate file. A head trained on the cache (seconds per epoch) then moves onto the
+base rebuilt from (base, alpha, image_size) + base.weights.h5 for fine-tuning.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import numpy as np
 from tasks.io import atomic_dir, write_json
 
 FEATURES_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0, "image_size": None, "weights": None,
-                     "batch_size": 64}
+                     "batch_size": 64, "pool": True}
 INFO = "features.json"
+BASE_WEIGHTS = "base.weights.h5"
 
 
 @contextlib.contextmanager
@@ -33,9 +37,11 @@ def float32_policy():
         keras.mixed_precision.set_global_policy(old)
 
 
-def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Path, cfg: dict) -> dict:
+def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Path, cfg: dict,
+                     speed_path: Path | None = None) -> dict:
     """Run base + GAP over every split of `processed_dir`; `cfg`: base, alpha, image_size (default:
-    the dataset's), batch_size. `weights_path`: a weights file or a dir holding one; None = random init."""
+    the dataset's), batch_size, pool (false: keep the maps). `weights_path`: a weights file or a dir holding one; None = random init.
+    Returns features.json's content plus `speed` (seconds, images/s), also written to `speed_path`."""
     import tensorflow as tf
 
     from tasks.photo.backbones import build_base, features_model, sha256, weights_file
@@ -48,42 +54,58 @@ def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Pa
     size = int(cfg["image_size"] or shape[0])
     path = weights_file(weights_path)
     with float32_policy():
-        model = features_model(build_base(cfg["base"], size, cfg["alpha"], path, seed=int(cfg.get("seed", 0))),
-                               shape, size)
+        base = build_base(cfg["base"], size, cfg["alpha"], path, seed=int(cfg.get("seed", 0)))
+        model = features_model(base, shape, size, pool=bool(cfg["pool"]))
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     info = {"base": cfg["base"], "alpha": float(cfg["alpha"]), "image_size": size, "image_shape": shape,
             "weights": path.name if path else None, "weights_sha256": sha256(path) if path else None,
-            "dim": int(model.output_shape[-1]), "dataset": manifest.get("dataset", processed_dir.name),
+            "dim": int(model.output_shape[-1]), "pooled": bool(cfg["pool"]),
+            "shape": [int(d) for d in model.output_shape[1:]], "dataset": manifest.get("dataset", processed_dir.name),
             "num_classes": manifest["num_classes"], "labels": manifest["labels"], "splits": {}}
+    speed = {"splits": {}}
     start = time.time()
     with atomic_dir(out_dir) as tmp:
         for split in manifest["splits"]:
             t = time.time()
             feats, labels, ids = [], [], []
+            dtype = np.float32 if cfg["pool"] else np.float16  # maps: 7x7x1280 per image; half the disk
             ds = read_split(processed_dir, split, batch_size=int(cfg["batch_size"]), manifest=manifest,
                             with_ids=True)
             for x, y, sid in ds:
-                feats.append(infer(x).numpy().astype(np.float32))
+                feats.append(infer(x).numpy().astype(dtype))
                 labels.append(y.numpy())
                 ids.append(sid.numpy())
-            dim = info["dim"]
-            arrays = {"features": np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
+            arrays = {"features": np.concatenate(feats) if feats else np.zeros((0, *info["shape"]), dtype),
                       "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
                       "ids": np.array([i.decode() for part in ids for i in part], dtype=str)}
             np.savez(tmp / f"{split}.npz", **arrays)
             seconds = time.time() - t
-            info["splits"][split] = {"count": len(arrays["labels"]), "seconds": round(seconds, 2),
-                                     "images_per_s": round(len(arrays["labels"]) / max(seconds, 1e-9), 1)}
-        model.save(tmp / "base.keras")
-        total = sum(s["count"] for s in info["splits"].values())
-        info["seconds"] = round(time.time() - start, 2)
-        info["images_per_s"] = round(total / max(time.time() - start, 1e-9), 1)
+            info["splits"][split] = {"count": len(arrays["labels"])}
+            speed["splits"][split] = _speed(len(arrays["labels"]), seconds)
+        base.save_weights(tmp / BASE_WEIGHTS)
         write_json(tmp / INFO, info)
-    return info
+    speed.update(_speed(sum(s["count"] for s in info["splits"].values()), time.time() - start))
+    if speed_path is not None:
+        Path(speed_path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(speed_path), speed)
+    return {**info, "speed": speed}
+
+
+def _speed(count: int, seconds: float) -> dict:
+    return {"count": count, "seconds": round(seconds, 2), "images_per_s": round(count / max(seconds, 1e-9), 1)}
+
+
+def base_weights(cache_dir: Path) -> Path:
+    """The base weights file of a cache (what its features were computed with)."""
+    path = Path(cache_dir) / BASE_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: a features cache holds its base's weights here; rerun features@ "
+                                f"(caches written before base.weights.h5 held base.keras)")
+    return path
 
 
 def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features float32 N x D, labels int64 N) of one cached split."""
+    """(features N x D float32, or maps N x H x W x D float16; labels int64 N) of one cached split."""
     path = Path(cache_dir) / f"{split}.npz"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no cached features for split {split!r}; run features@ first")
@@ -97,8 +119,8 @@ def is_cache(path: Path | None) -> bool:
 
 def features_stage(project, key: str) -> dict:
     """features@<key>: params `features.<key>` = {dataset, base, alpha, image_size, weights: <weights
-    key> (the single *.h5 in data/weights/<key>/; null = random init), batch_size}; writes
-    data/features/<key>/."""
+    key> (the single *.h5 in data/weights/<key>/; null = random init), batch_size, pool}; writes
+    data/features/<key>/ and its speed to reports/features/<key>.json."""
     params = project.params()
     entries = params.get("features") or {}
     if key not in entries:
@@ -109,4 +131,4 @@ def features_stage(project, key: str) -> dict:
         raise FileNotFoundError(f"{weights}: no weights dir for features {key!r} (weights: {cfg['weights']!r});"
                                 f" fetch the weights first")
     return compute_features(project.processed_dir(cfg["dataset"]), weights, project.root / "data" / "features" / key,
-                            cfg)
+                            cfg, speed_path=project.root / "reports" / "features" / f"{key}.json")

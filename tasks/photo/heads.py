@@ -38,7 +38,21 @@ def ours(x, num_classes: int, seeds: Seeds, dropout: float = 0.2):
     return _out(x, num_classes, seeds)
 
 
-HEADS = {"study_cards": study_cards, "study_banknotes": study_banknotes, "ours": ours}
+def spatial(x, num_classes: int, seeds: Seeds, dropout: float = 0.2, filters: int = 64):
+    """1x1 conv to a few channels, then the whole map flattened into the softmax: where things are
+    stays visible to the classifier (a card's rank is its count of pips, which GAP averages away).
+    Trainable on a cache of feature maps (features `pool: false`)."""
+    if len(x.shape) != 4:
+        raise ValueError("the spatial head needs the base's feature map; a cache of pooled features "
+                         "cannot train it (set `pool: false` on the features entry)")
+    x = layers.Conv2D(filters, 1, activation="relu", kernel_initializer=seeds.init(), name="head_conv")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = seeds.dropout(dropout, name="head_dropout")(x)
+    return _out(x, num_classes, seeds)
+
+
+HEADS = {"study_cards": study_cards, "study_banknotes": study_banknotes, "ours": ours, "spatial": spatial}
+CACHE_HEADS = {"ours", "spatial"}  # heads whose weights sit after the cached part (trainable on a cache)
 
 
 def head(name: str, x, num_classes: int, seeds: Seeds, dropout: float | None = None):

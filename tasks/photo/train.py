@@ -1,8 +1,8 @@
 """Train a MobileNet photo recipe: a head on a frozen base, then (optionally) fine-tuning.
 
 Two modes, chosen by `init_path`:
-- cache: a features dir (features.json): phase 1 fits the `ours` head on the cached pooled features
-  (seconds); phase 2 puts it on base.keras's base and fine-tunes end to end on the images.
+- cache: a features dir (features.json): phase 1 fits the head (`ours`, or `spatial` on a cache of
+  feature maps) on the cached features (seconds); phase 2 puts it on the cache's base (base.weights.h5) and fine-tunes end to end on the images.
 - on the fly: a weights file / dir holding one, or a .py file (random init): the full model is built
   here; phase 1 trains the head with the base frozen (or everything, `freeze_base: false`), phase 2
   unfreezes the base from `fine_tune_from` on.
@@ -63,9 +63,12 @@ def resolve(recipe: dict, manifest: dict, init_path: Path | None) -> tuple[dict,
             if recipe[k] is not None and recipe[k] != info[k]:
                 raise ValueError(f"{init_path}: features were computed with {k}={info[k]!r}, recipe says {recipe[k]!r}")
             recipe[k] = info[k]
-        if recipe["head"] != "ours":
-            raise ValueError(f"head {recipe['head']!r} needs the base's feature map; a features cache holds pooled "
-                             f"features and trains the 'ours' head only")
+        if recipe["head"] not in heads.CACHE_HEADS:
+            raise ValueError(f"head {recipe['head']!r} has layers inside the cached part of the model; a features "
+                             f"cache trains the heads {sorted(heads.CACHE_HEADS)} only")
+        if recipe["head"] == "spatial" and info.get("pooled", True):
+            raise ValueError(f"{init_path}: head 'spatial' needs the feature maps; this cache holds pooled features "
+                             f"(set `pool: false` on its features entry)")
         if info["labels"] != manifest["labels"] or list(info["image_shape"]) != list(manifest["image_shape"]):
             raise ValueError(f"{init_path}: features were computed on another dataset (labels or image shape differ)")
     else:
@@ -82,12 +85,10 @@ def init_weights(init_path: Path | None) -> Path | None:
     return backbones.weights_file(init_path)
 
 
-def build(recipe: dict, manifest: dict, weights: Path | None, cache: Path | None):
+def build(recipe: dict, manifest: dict, weights: Path | None):
     """(inference model uint8 -> softmax, its base, training model = augmentation + inference model)."""
     seed = int(recipe["seed"])
     base = backbones.build_base(recipe["base"], recipe["image_size"], recipe["alpha"], weights, seed=seed)
-    if cache is not None:  # the exact weights the cache was computed with
-        base.set_weights(keras.models.load_model(Path(cache) / "base.keras").get_layer("base").get_weights())
     shape = manifest["image_shape"]
     inputs, x = backbones.front(shape, recipe["image_size"])
     outputs = heads.head(recipe["head"], base(x, training=False if _bn_frozen(recipe) else None),
@@ -104,10 +105,10 @@ def _bn_frozen(recipe: dict) -> bool:
     return not recipe["train_bn"]
 
 
-def head_on_features(dim: int, num_classes: int, recipe: dict) -> keras.Model:
-    """The `ours` head alone, on cached pooled features (same layer names as in the full model)."""
-    inputs = keras.Input(shape=(dim,), name="features")
-    return keras.Model(inputs, heads.head("ours", inputs, num_classes, Seeds(int(recipe["seed"]) + 1),
+def head_on_features(shape, num_classes: int, recipe: dict) -> keras.Model:
+    """The recipe's head alone, on cached features of `shape` (same layer names as in the full model)."""
+    inputs = keras.Input(shape=tuple(shape), name="features")
+    return keras.Model(inputs, heads.head(recipe["head"], inputs, num_classes, Seeds(int(recipe["seed"]) + 1),
                                           recipe["dropout"]), name="head_on_features")
 
 
@@ -138,7 +139,9 @@ def feature_datasets(cache: Path, recipe: dict, one_hot: int | None):
     x, y = features.load_split(cache, "train")
     train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     val = tf.data.Dataset.from_tensor_slices(features.load_split(cache, "validation"))
-    return _finish(train.batch(bs), one_hot), _finish(val.batch(bs), one_hot)
+    as_float32 = lambda f, label: (tf.cast(f, tf.float32), label)  # noqa: E731 - maps are stored float16
+    return (_finish(train.batch(bs).map(as_float32), one_hot),
+            _finish(val.batch(bs).map(as_float32), one_hot))
 
 
 def _finish(ds, one_hot: int | None):
@@ -221,7 +224,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     manifest = load_manifest(data_dir)
     recipe, info = resolve(photo_recipe(params, model_key), manifest, init_path)
     cache = init_path if info else None
-    weights = None if cache else init_weights(init_path)
+    weights = features.base_weights(cache) if cache else init_weights(init_path)
     if recipe["train_bn"] is None:
         recipe["train_bn"] = cache is None and weights is None
     live_dir = Path(live_dir) if live_dir else out_dir / "dvclive"
@@ -236,8 +239,8 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
                                   "epochs": recipe["fine_tune_epochs"]},
                                  steps or -(-manifest["splits"]["train"]["count"] // int(recipe["batch_size"])))
     with strategy.scope():
-        model, base, train_model = build(recipe, manifest, weights, cache)
-        head_model = head_on_features(info["dim"], k, recipe) if cache else None
+        model, base, train_model = build(recipe, manifest, weights)
+        head_model = head_on_features(info.get("shape") or [info["dim"]], k, recipe) if cache else None
     best = max((r["val_accuracy"] for r in read_log(out_dir / "log.csv")), default=None)
     checkpoint = BestCheckpoint(out_dir / "model.keras", model, best)
     common = dict(out_dir=out_dir, live_dir=live_dir, checkpoint=checkpoint, patience=int(recipe["patience"]),
@@ -292,7 +295,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     summary = {
         "model": model_key, "recipe": recipe, "dataset": manifest.get("dataset", recipe.get("dataset")),
         "mode": "cache" if cache else "on_the_fly", "used_cache": bool(cache),
-        "init": str(init_path) if init_path else None,
+        "init": recipe.get("init") or (str(init_path) if init_path else None),  # as params spell it
         "weights_sha256": info["weights_sha256"] if info else (backbones.sha256(weights) if weights else None),
         "epochs_run": len(history), "resumed": resuming,
         "epochs_per_phase": {p: sum(r["phase"] == p for r in history) for p in ("head", "fine_tune")},
