@@ -61,7 +61,9 @@ def test_photo_pipeline_flow_end_to_end(tmp_path, http_server, prefect_harness):
 
     assert sum(summary["shapes"].values()) == 36
     cache = json.loads((root / "data/features/shapes_tiny/features.json").read_text())
-    assert cache["base"] == "mobilenet_v2" and cache["image_size"] == 32
+    assert cache["base"] == "mobilenet_v2" and cache["image_size"] == 32 and "speed" not in cache
+    speed = json.loads((root / "reports/features/shapes_tiny.json").read_text())  # kept out of the cache
+    assert speed["count"] == 36 and speed["images_per_s"] > 0
     history = json.loads((root / "models/shapes_ours/history.json").read_text())
     assert [h["phase"] for h in history] == ["head"] * 3 + ["fine_tune"]
     metrics = json.loads((root / "reports/shapes_ours/metrics.json").read_text())
