@@ -40,8 +40,9 @@ def float32_policy():
 def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Path, cfg: dict,
                      speed_path: Path | None = None) -> dict:
     """Run base + GAP over every split of `processed_dir`; `cfg`: base, alpha, image_size (default:
-    the dataset's), batch_size, pool (false: keep the maps). `weights_path`: a weights file or a dir holding one; None = random init.
-    Returns features.json's content plus `speed` (seconds, images/s), also written to `speed_path`."""
+    the dataset's), batch_size, pool (false: keep the maps). `weights_path`: a weights file or a dir
+    holding one; None = random init. Returns features.json's content plus `speed` (seconds, images/s),
+    also written to `speed_path`."""
     import tensorflow as tf
 
     from tasks.photo.backbones import build_base, features_model, sha256, weights_file
@@ -63,12 +64,12 @@ def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Pa
             "shape": [int(d) for d in model.output_shape[1:]], "dataset": manifest.get("dataset", processed_dir.name),
             "num_classes": manifest["num_classes"], "labels": manifest["labels"], "splits": {}}
     speed = {"splits": {}}
+    dtype = np.float32 if cfg["pool"] else np.float16  # maps: 7x7x1280 per image; half the disk
     start = time.time()
     with atomic_dir(out_dir) as tmp:
         for split in manifest["splits"]:
             t = time.time()
             feats, labels, ids = [], [], []
-            dtype = np.float32 if cfg["pool"] else np.float16  # maps: 7x7x1280 per image; half the disk
             ds = read_split(processed_dir, split, batch_size=int(cfg["batch_size"]), manifest=manifest,
                             with_ids=True)
             for x, y, sid in ds:

@@ -2,7 +2,8 @@
 
 Two modes, chosen by `init_path`:
 - cache: a features dir (features.json): phase 1 fits the head (`ours`, or `spatial` on a cache of
-  feature maps) on the cached features (seconds); phase 2 puts it on the cache's base (base.weights.h5) and fine-tunes end to end on the images.
+  feature maps) on the cached features (seconds); phase 2 puts it on the cache's base
+  (base.weights.h5) and fine-tunes end to end on the images.
 - on the fly: a weights file / dir holding one, or a .py file (random init): the full model is built
   here; phase 1 trains the head with the base frozen (or everything, `freeze_base: false`), phase 2
   unfreezes the base from `fine_tune_from` on.
@@ -66,7 +67,7 @@ def resolve(recipe: dict, manifest: dict, init_path: Path | None) -> tuple[dict,
         if recipe["head"] not in heads.CACHE_HEADS:
             raise ValueError(f"head {recipe['head']!r} has layers inside the cached part of the model; a features "
                              f"cache trains the heads {sorted(heads.CACHE_HEADS)} only")
-        if recipe["head"] == "spatial" and info.get("pooled", True):
+        if recipe["head"] == "spatial" and info["pooled"]:
             raise ValueError(f"{init_path}: head 'spatial' needs the feature maps; this cache holds pooled features "
                              f"(set `pool: false` on its features entry)")
         if info["labels"] != manifest["labels"] or list(info["image_shape"]) != list(manifest["image_shape"]):
@@ -240,7 +241,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
                                  steps or -(-manifest["splits"]["train"]["count"] // int(recipe["batch_size"])))
     with strategy.scope():
         model, base, train_model = build(recipe, manifest, weights)
-        head_model = head_on_features(info.get("shape") or [info["dim"]], k, recipe) if cache else None
+        head_model = head_on_features(info["shape"], k, recipe) if cache else None
     best = max((r["val_accuracy"] for r in read_log(out_dir / "log.csv")), default=None)
     checkpoint = BestCheckpoint(out_dir / "model.keras", model, best)
     common = dict(out_dir=out_dir, live_dir=live_dir, checkpoint=checkpoint, patience=int(recipe["patience"]),
