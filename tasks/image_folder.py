@@ -101,6 +101,7 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
     with atomic_dir(project.processed_dir(key)) as tmp:
         spool = tmp / ".spool"
         convert_all(root, items, opts, workers(params), spool, skipped)
+        duplicates = drop_duplicates(items, skipped)
         classes, class_skips = choose_classes(items, s["min_images_per_class"], root)
         kept = [i for i in items if i.offset >= 0 and i.class_name in classes]
         stats = image_stats(kept)
@@ -125,6 +126,7 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
             "dataset": key,
             "kind": "image_folder",
             "classes_skipped": class_skips,
+            "duplicates": duplicates,
             "images": stats,
             **({"label_attributes": {c: attributes[c] for c in classes}} if attributes else {}),
             "source": {k: fetched.get(k) for k in ("kind", "format", "via", "source", "files", "file_count")},
@@ -279,6 +281,44 @@ def _results(chunks: list[list[str]], opts: Options, n_workers: int):
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
         for part in ordered_map(pool, chunks, ahead=4 * n_workers, fn=convert_chunk, args=(opts,)):
             yield from part
+
+
+# ---------------------------------------------------------------- duplicates
+
+SPLIT_PRIORITY = {"test": 0, "validation": 1, None: 2, "train": 3}  # which copy of a duplicate is kept
+
+
+def drop_duplicates(items: list[Item], skipped: list[dict]) -> list[dict]:
+    """Find byte-identical source files; returns the groups for the manifest (`duplicates`).
+
+    - Copies in one class: one is kept (an evaluation split's copy before a train copy, so no image
+      is both trained and evaluated on; then the first path), the others are skipped as duplicates.
+    - Copies in different classes (upstream label noise: at least one label is wrong, and which one
+      cannot be told from the bytes): every copy is skipped; the model neither learns nor is scored
+      on a contradiction.
+    """
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        if item.offset >= 0:
+            groups.setdefault(item.info["sha256"], []).append(item)
+    out = []
+    for digest, members in groups.items():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda i: (SPLIT_PRIORITY[i.split], i.rel))
+        classes = sorted({i.class_name for i in members})
+        files = [i.rel for i in members]
+        if len(classes) > 1:
+            drop, kept = members, None
+            reason = f"byte-identical files labelled {classes}: {files} (conflicting labels, every copy skipped)"
+        else:
+            kept, drop = members[0], members[1:]
+            reason = f"byte-identical to {kept.rel} (kept)"
+        for item in drop:
+            item.offset = -1
+            skipped.append({"file": item.rel, "reason": f"duplicate: {reason}"})
+        out.append({"sha256": digest, "files": files, "classes": classes, "kept": kept.rel if kept else None})
+    return sorted(out, key=lambda g: g["files"])
 
 
 # ---------------------------------------------------------------- classes and splits

@@ -42,12 +42,14 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def class_tree(root: Path, counts: dict[str, int], size: int = 32, prefix: str = "") -> list[Path]:
-    """root/<prefix><class>/<i>.jpg, `counts[class]` baseline RGB JPEGs of size x size each."""
+    """root/<prefix><class>/<i>.jpg, `counts[class]` baseline RGB JPEGs of size x size each. Images in
+    valid/ and test/ get other seeds than train/: no image is a byte-identical copy of another."""
     out = []
+    offset = {"valid": 50, "validation": 50, "test": 75}.get(prefix, 0)
     for k, (name, n) in enumerate(sorted(counts.items())):
         color = COLORS.get(name, ((60 * k) % 256, (110 * k + 50) % 256, (170 * k + 90) % 256))
         for i in range(n):
-            image = pattern(color, (size, size), seed=100 * k + i)
+            image = pattern(color, (size, size), seed=100 * k + i + offset)
             out.append(write(root / prefix / name / f"{i:03d}.jpg", jpeg(image)))
     return out
 

@@ -361,3 +361,36 @@ def test_a_misspelt_prepare_key_is_an_error_not_a_silent_default(tmp_path):
     fetch(Project(root), "pets")
     with pytest.raises(ValueError, match=r"prepare.pets: unknown keys \['image_sise'\]"):
         prepare(Project(root), "pets")
+
+
+def test_exact_duplicates_are_listed_and_conflicting_labels_are_dropped(tmp_path):
+    """Upstream cards have both kinds: `four of clubs/127.jpg` == `four of spades/120.jpg` (two labels)
+    and `three of diamonds/079.jpg` == `080.jpg` (one class). A copy in valid/ of a train image is kept
+    in valid/ only (no image is trained and evaluated on)."""
+    src = tmp_path / "photos"
+    class_tree(src, {"cat": 4, "dog": 4, "owl": 4}, prefix="train")
+    class_tree(src, {"cat": 1, "dog": 1, "owl": 1}, prefix="valid")
+    t = src / "train"
+    shutil.copy(t / "cat/001.jpg", t / "cat/001_copy.jpg")        # same class
+    shutil.copy(t / "dog/002.jpg", t / "owl/dog_in_owl.jpg")      # two labels
+    shutil.copy(src / "valid/owl/000.jpg", t / "owl/leak.jpg")   # train copy of a valid image
+    root = tmp_path / "proj"
+    write_params(root, {"pets": {"kind": "folder", "source": str(src)}}, {"pets": small_prepare()})
+    project = Project(root)
+    fetch(project, "pets")
+    manifest = prepare(project, "pets")
+
+    groups = {tuple(g["files"]): g for g in manifest["duplicates"]}
+    assert set(groups) == {("train/cat/001.jpg", "train/cat/001_copy.jpg"),
+                           ("train/dog/002.jpg", "train/owl/dog_in_owl.jpg"),
+                           ("valid/owl/000.jpg", "train/owl/leak.jpg")}
+    assert groups[("train/dog/002.jpg", "train/owl/dog_in_owl.jpg")]["classes"] == ["dog", "owl"]
+    assert groups[("train/dog/002.jpg", "train/owl/dog_in_owl.jpg")]["kept"] is None
+    assert groups[("valid/owl/000.jpg", "train/owl/leak.jpg")]["kept"] == "valid/owl/000.jpg"
+    reasons = {e["file"]: e["reason"] for e in manifest["skipped"]}
+    assert set(reasons) == {"train/cat/001_copy.jpg", "train/dog/002.jpg", "train/owl/dog_in_owl.jpg",
+                            "train/owl/leak.jpg"}
+    assert reasons["train/cat/001_copy.jpg"] == "duplicate: byte-identical to train/cat/001.jpg (kept)"
+    assert "conflicting labels" in reasons["train/owl/dog_in_owl.jpg"]
+    assert manifest["splits"]["train"]["per_class"] == {"0": 4, "1": 3, "2": 4}
+    assert manifest["splits"]["validation"]["count"] == 3
