@@ -41,7 +41,9 @@ def fetch(project: Project, key: str) -> dict:
                             "; trying the next form" if len(misses) < len(sets) else "")
                 _clear(tmp)
                 continue
-            record = {"dataset": key, "format": fmt, "mirror": base, "unavailable_forms": misses, **record}
+            # the mirror as a token, never as spelled: the same bytes give the same record on any machine
+            record = {"dataset": key, "format": fmt, "mirror": "$TLPIPE_MIRROR" if base else None,
+                      "unavailable_forms": misses, **record}
             write_json(tmp / "fetch.json", record)
             return record
         raise NotFound(404, key, f"{key}: no form of the dataset could be fetched: " + "; ".join(misses))
