@@ -54,8 +54,9 @@ def trainer(recipe: dict):
 def train_stage(project: Project, key: str) -> dict:
     params = project.params()
     recipe = model_params(params, key)
+    extra = {"teacher": project.root / recipe["teacher"]} if recipe.get("teacher") else {}
     return trainer(recipe).train(key, with_transfer_key(params, key), project.processed_dir(recipe["dataset"]),
-                                 project.root / "models" / key, source_model(project, params, key))
+                                 project.root / "models" / key, source_model(project, params, key), **extra)
 
 
 def gate(params: dict, key: str) -> dict:

@@ -71,3 +71,27 @@ def test_transfer_freezes_batch_norm_statistics_too():
     for a, b in zip(bn_before, weights(model, "conv1_bn")):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(weights(model, "dense1_bn")[2], np.zeros_like(weights(model, "dense1_bn")[2]))
+
+
+@pytest.mark.parametrize("arch, params", [
+    ("softmax", 7_850),                    # 784 x 10 + 10
+    ("lecture_conv", 433_290),             # Conv2D(64, 3) -> Flatten -> Dense(10)
+    ("lecture_conv_dense", 649_775),       # ... -> Dense(15, tanh) -> Dense(10)
+    ("lecture_conv_pool_dense", 163_055),  # Conv2D(64, 3) -> MaxPooling2D(2) -> Flatten -> Dense(15, tanh) -> Dense(10)
+])
+def test_lecture_baselines_have_the_lectures_parameter_counts(arch, params):
+    model = build(arch, 10, (28, 28, 1), seed=0)
+    assert model.count_params() == params
+    assert model.get_layer("head").activation.__name__ == "softmax"
+    assert model.input.dtype == "uint8"  # rescaling inside: raw pixels in, no extra parameters
+
+
+def test_lecture_mlp_trains_above_chance_on_a_tiny_task():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 256)
+    x = rng.integers(0, 128, (256, 28, 28, 1)).astype("uint8")
+    x[y == 1, :14] += 120  # class 1: a bright top half
+    model = build("mlp", 2, (28, 28, 1), seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0)[1] > 0.8

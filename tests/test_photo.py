@@ -334,3 +334,40 @@ def test_fine_tune_cosine_schedule_decays_to_one_percent(data, tmp_path):
         photo_train("m", {"models": {"m": {**r, "fine_tune_schedule": "linear"}}}, data["processed"],
                     tmp_path / "bad", data["cache"])
     assert not (tmp_path / "bad" / "log.csv").exists()  # it failed before the head phase trained
+
+
+def test_distillation_trains_on_the_teachers_softened_predictions(data, tmp_path):
+    """A student recipe names a trained teacher: its train targets mix the one-hot labels with the
+    teacher's predictions (temperature-softened), in both phases; a missing teacher is a clear error."""
+    photo_train("teacher", {"models": {"teacher": recipe(head_epochs=2, fine_tune_epochs=0)}},
+                data["processed"], tmp_path / "teacher", data["cache"])
+    teacher_file = tmp_path / "teacher" / "model.keras"
+    r = recipe(head_epochs=1, fine_tune_epochs=1, fine_tune_from=130, teacher="models/teacher/model.keras",
+               distill_weight=0.6, distill_temperature=2.0)
+    manifest = json.loads((data["processed"] / "manifest.json").read_text())
+    full = {**photo_train_module().DEFAULTS, **r}
+    soft, labels, info = photo_train_module().teacher_targets(teacher_file, data["processed"], manifest, full)
+    assert soft.shape == (24, CLASSES) and np.allclose(soft.sum(axis=1), 1.0, atol=1e-5)
+    probs = keras.models.load_model(teacher_file).predict(photos(24, 0)[0], verbose=0)
+    sharpened = np.sort(probs ** 0.5 / (probs ** 0.5).sum(axis=1, keepdims=True), axis=0)
+    np.testing.assert_allclose(np.sort(soft, axis=0), sharpened, atol=1e-5)  # same rows, stored order aside
+    assert info["teacher"] == "models/teacher/model.keras" and info["temperature"] == 2.0
+
+    import tensorflow as tf
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((24, 1)), labels))
+    targets = np.stack([t for _, t in photo_train_module()._with_soft_targets(ds, soft, full, CLASSES)
+                        .as_numpy_iterator()])
+    np.testing.assert_allclose(targets, 0.4 * np.eye(CLASSES)[labels] + 0.6 * soft, atol=1e-6)
+
+    summary = photo_train("student", {"models": {"student": r}}, data["processed"], tmp_path / "student",
+                          data["cache"], teacher=teacher_file)
+    assert summary["distillation"]["weight"] == 0.6 and summary["epochs_per_phase"] == {"head": 1, "fine_tune": 1}
+    assert 0.0 <= summary["distillation"]["teacher_train_accuracy"] <= 1.0
+    with pytest.raises(FileNotFoundError, match="train the teacher model first"):
+        photo_train("s2", {"models": {"s2": r}}, data["processed"], tmp_path / "s2", data["cache"],
+                    teacher=tmp_path / "nope" / "model.keras")
+
+
+def photo_train_module():
+    import importlib
+    return importlib.import_module("tasks.photo.train")

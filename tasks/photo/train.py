@@ -40,6 +40,10 @@ DEFAULTS = {
     "train_bn": None,  # None: BN trains only for a random-init base (frozen random BN zeroes the features)
     "steps_per_epoch": None,                           # None: one pass over the train split
     "augment": dict(aug.AUGMENT_DEFAULTS), "patience": 3, "label_smoothing": 0.0, "cache_images": True,
+    # distillation: `teacher` (a trained models/<key>/model.keras, a dep of train@) makes the train
+    # targets (1 - distill_weight) * one-hot + distill_weight * the teacher's predictions on the clean
+    # train images, softened by distill_temperature (p ** (1/T), renormalised: softmax(logits / T))
+    "teacher": None, "distill_weight": 0.5, "distill_temperature": 2.0,
 }
 ON_THE_FLY_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0}
 HEAD_STATE, HEAD_WEIGHTS = "backup.head.json", "backup.head.weights.h5"
@@ -119,12 +123,15 @@ def copy_head(src: keras.Model, dst: keras.Model) -> None:
             dst.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-def image_datasets(data_dir: Path, recipe: dict, manifest: dict, one_hot: int | None):
-    """Batched train (seeded reshuffle each epoch; repeated when steps_per_epoch is set) and validation."""
+def image_datasets(data_dir: Path, recipe: dict, manifest: dict, one_hot: int | None, soft=None):
+    """Batched train (seeded reshuffle each epoch; repeated when steps_per_epoch is set) and validation.
+    `soft`: the teacher's targets for the train split in stored order (distillation), or None."""
     seed, bs = int(recipe["seed"]), int(recipe["batch_size"])
     n_train, n_val = (manifest["splits"][s]["count"] for s in ("train", "validation"))
     train, _ = load_split(data_dir, "train")
     val, _ = load_split(data_dir, "validation")
+    if soft is not None:
+        train = _with_soft_targets(train, soft, recipe, manifest["num_classes"])
     train = train.apply(tf.data.experimental.assert_cardinality(n_train))
     val = val.apply(tf.data.experimental.assert_cardinality(n_val))
     if recipe["cache_images"]:
@@ -132,17 +139,61 @@ def image_datasets(data_dir: Path, recipe: dict, manifest: dict, one_hot: int | 
     train = train.shuffle(n_train, seed=seed, reshuffle_each_iteration=True)
     if recipe["steps_per_epoch"]:
         train = train.repeat()
-    return _finish(train.batch(bs), one_hot), _finish(val.batch(bs), one_hot)
+    return _finish(train.batch(bs), None if soft is not None else one_hot), _finish(val.batch(bs), one_hot)
 
 
-def feature_datasets(cache: Path, recipe: dict, one_hot: int | None):
+def feature_datasets(cache: Path, recipe: dict, one_hot: int | None, soft=None):
     seed, bs = int(recipe["seed"]), int(recipe["batch_size"])
     x, y = features.load_split(cache, "train")
-    train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    train = tf.data.Dataset.from_tensor_slices((x, y))
+    if soft is not None:
+        train = _with_soft_targets(train, soft, recipe, soft.shape[1])
+    train = train.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     val = tf.data.Dataset.from_tensor_slices(features.load_split(cache, "validation"))
     as_float32 = lambda f, label: (tf.cast(f, tf.float32), label)  # noqa: E731 - maps are stored float16
-    return (_finish(train.batch(bs).map(as_float32), one_hot),
+    return (_finish(train.batch(bs).map(as_float32), None if soft is not None else one_hot),
             _finish(val.batch(bs).map(as_float32), one_hot))
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def teacher_targets(teacher_path: Path, data_dir: Path, manifest: dict, recipe: dict):
+    """(the teacher's softened predictions for every train image in stored order, their labels, a summary).
+
+    Computed once on the clean images (the student sees them augmented): a forward pass of the
+    teacher per image, not per epoch."""
+    teacher_path = Path(teacher_path)
+    if not teacher_path.is_file():
+        raise FileNotFoundError(f"teacher {teacher_path} does not exist: train the teacher model first "
+                                f"(`tlpipe train {teacher_path.parent.name}`)")
+    teacher = keras.models.load_model(teacher_path, compile=False)
+    k = manifest["num_classes"]
+    if tuple(teacher.input_shape[1:]) != tuple(manifest["image_shape"]) or teacher.output_shape[-1] != k:
+        raise ValueError(f"teacher {teacher_path}: takes {teacher.input_shape[1:]} and predicts "
+                         f"{teacher.output_shape[-1]} classes; this dataset has {manifest['image_shape']} images "
+                         f"and {k} classes")
+    train, _ = load_split(data_dir, "train")
+    start = time.time()
+    probs, labels = [], []
+    for x, y in train.batch(64):
+        probs.append(teacher(x, training=False).numpy().astype(np.float64))
+        labels.append(y.numpy())
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    t = float(recipe["distill_temperature"])
+    soft = np.power(np.clip(probs, 1e-12, 1.0), 1.0 / t)
+    soft /= soft.sum(axis=1, keepdims=True)
+    summary = {"teacher": recipe["teacher"], "weight": float(recipe["distill_weight"]), "temperature": t,
+               "teacher_train_accuracy": round(float((probs.argmax(1) == labels).mean()), 6),
+               "teacher_seconds": round(time.time() - start, 1)}
+    return soft.astype(np.float32), labels, summary
+
+
+def _with_soft_targets(ds, soft: np.ndarray, recipe: dict, num_classes: int):
+    """(x, label) -> (x, (1 - w) * one-hot(label) + w * soft) for a dataset in the teacher's order."""
+    w = float(recipe["distill_weight"])
+    pairs = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(soft)))
+    return pairs.map(lambda xy, s: (xy[0], (1.0 - w) * tf.one_hot(xy[1], num_classes) + w * s))
 
 
 def _finish(ds, one_hot: int | None):
@@ -154,7 +205,7 @@ def _finish(ds, one_hot: int | None):
 def compile_for(model: keras.Model, lr, recipe: dict) -> None:
     """Adam at `lr` (a float or a schedule); categorical loss with label smoothing when set."""
     smoothing = float(recipe["label_smoothing"] or 0)
-    if smoothing:
+    if smoothing or recipe.get("teacher"):
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
@@ -215,9 +266,10 @@ def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch
 
 
 def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path: Path | None = None,
-          *, live_dir: Path | None = None, extra_callbacks: list | None = None) -> dict:
+          *, teacher: Path | None = None, live_dir: Path | None = None, extra_callbacks: list | None = None) -> dict:
     """Train photo recipe `model_key` on the processed dataset `data_dir` into `out_dir`; `init_path`:
-    a features cache dir, a weights file or dir, or a .py file / None (random init)."""
+    a features cache dir, a weights file or dir, or a .py file / None (random init); `teacher`: the
+    file the recipe's `teacher` names (distillation)."""
     from tasks.shards import load_manifest
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
@@ -233,7 +285,12 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     gpus = tf.config.list_physical_devices("GPU")
     strategy = _setup(int(recipe["seed"]), gpus)
     k = manifest["num_classes"]
-    one_hot = k if float(recipe["label_smoothing"] or 0) else None
+    one_hot = k if float(recipe["label_smoothing"] or 0) or recipe["teacher"] else None
+    if bool(recipe["teacher"]) != (teacher is not None):
+        raise ValueError(f"{model_key}: recipe teacher {recipe['teacher']!r} but teacher file {teacher}")
+    soft, soft_labels, distill = teacher_targets(teacher, data_dir, manifest, recipe) if teacher else (None,) * 3
+    if soft is not None and cache and not np.array_equal(features.load_split(cache, "train")[1], soft_labels):
+        raise ValueError(f"{cache}: the cached train split is not in the shards' order; rerun features@")
     steps = int(recipe["steps_per_epoch"]) if recipe["steps_per_epoch"] else None
     # built here, before any training, so a bad `fine_tune_schedule` fails before the head phase runs
     fine_tune_lr = learning_rate({"lr": recipe["fine_tune_lr"], "schedule": recipe["fine_tune_schedule"],
@@ -254,13 +311,13 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
             checkpoint.before_save = lambda: copy_head(head_model, model)
             with strategy.scope():
                 compile_for(head_model, recipe["head_lr"], recipe)
-            train_ds, val_ds = feature_datasets(cache, recipe, one_hot)
+            train_ds, val_ds = feature_datasets(cache, recipe, one_hot, soft)
             fitted, phase_steps = head_model, None
         else:
             backbones.set_trainable(base, None if recipe["freeze_base"] else 0, recipe["train_bn"])
             with strategy.scope():
                 compile_for(train_model, recipe["head_lr"], recipe)
-            train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot)
+            train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot, soft)
             fitted, phase_steps = train_model, steps
         if int(recipe["head_epochs"]) > 0:
             seconds["head"] = fit_phase("head", fitted, train_ds, val_ds, epochs=int(recipe["head_epochs"]),
@@ -280,7 +337,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
         backbones.set_trainable(base, int(recipe["fine_tune_from"]), recipe["train_bn"])
         with strategy.scope():
             compile_for(train_model, fine_tune_lr, recipe)
-        train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot)
+        train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot, soft)
         seconds["fine_tune"] = fit_phase("fine_tune", train_model, train_ds, val_ds,
                                          epochs=int(recipe["fine_tune_epochs"]),
                                          initial_epoch=head_state["epochs_run"], steps=steps, **common)
@@ -305,6 +362,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
         "params": int(model.count_params()),
         "trainable_params": int(sum(int(np.prod(w.shape)) for w in fitted.trainable_weights)),
         "gpus": len(gpus), "tensorboard": HAVE_TENSORBOARD,
+        **({"distillation": distill} if distill else {}),
     }
     write_json(out_dir / "train.json", summary)
     return summary
