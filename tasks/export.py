@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.io import write_json
+from tasks.tables import PREDICTIONS, PREDICTIONS_TFLITE
 from tasks.tflite_metadata import add_classifier_metadata
 
 EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
@@ -129,9 +130,13 @@ def latency_ms(model_path: Path, image: np.ndarray, runs: int = 200, num_threads
     return float(np.median(times) * 1000)
 
 
-def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred: np.ndarray, cfg: dict) -> dict:
-    """Accuracy of the TFLite model, its top-1 agreement with Keras, size and latency."""
-    pred = run_tflite(tflite_path, images, int(cfg["batch_size"]), int(cfg["num_threads"])).argmax(axis=1)
+def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred: np.ndarray, cfg: dict,
+           scores: np.ndarray | None = None) -> dict:
+    """Accuracy of the TFLite model, its top-1 agreement with Keras, size and latency (`scores`: the
+    model's scores on `images` when already computed)."""
+    if scores is None:
+        scores = run_tflite(tflite_path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
+    pred = scores.argmax(axis=1)
     return {"accuracy": float(np.mean(pred == labels)), "agreement": float(np.mean(pred == keras_pred)),
             "bytes": Path(tflite_path).stat().st_size,
             "latency_ms": round(latency_ms(tflite_path, images[0], int(cfg["latency_runs"]),
@@ -174,9 +179,11 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
              for kind, path in files.items()}
 
     split = evaluation_split(manifest)
-    images, labels, _ = load_arrays(processed_dir, split)
+    images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
     keras_pred = model.predict(images, batch_size=512, verbose=0).argmax(axis=1)
-    result = {kind: parity(path, images, labels, keras_pred, cfg) for kind, path in files.items()}
+    scores = {kind: run_tflite(path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
+              for kind, path in files.items()}
+    result = {kind: parity(path, images, labels, keras_pred, cfg, scores[kind]) for kind, path in files.items()}
     for kind in files:
         result[kind]["bytes_without_metadata"] = sizes[kind]["bytes_without"]
     result["keras_accuracy"] = float(np.mean(keras_pred == labels))
@@ -189,10 +196,25 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
         metrics = json.loads(Path(metrics_path).read_text())
         metrics["tflite"] = {k: result[k] for k in ("float32", "int8")}
         write_json(metrics_out, metrics)
+        result["predictions"] = str(tflite_predictions(Path(metrics_path).parent / PREDICTIONS,
+                                                       metrics_out.parent / PREDICTIONS_TFLITE, ids, scores))
         result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_out, current_dir)
     else:
         result["current"] = False
     return result
+
+
+def tflite_predictions(keras_table: Path, out: Path, ids: list[str], scores: dict) -> Path | None:
+    """evaluate's predictions table plus each TFLite model's top-1 and its score, row by row."""
+    from tasks.tables import read_table, with_tflite, write_table
+
+    if not Path(keras_table).exists():
+        return None
+    table = read_table(keras_table)
+    if table["source_id"].to_pylist() != list(ids):
+        raise ValueError(f"{keras_table}: its rows are not the evaluation split's examples in order; "
+                         "rerun `tlpipe evaluate` for this model")
+    return write_table(out, with_tflite(table, scores))
 
 
 def model_info(model_path: Path, cfg: dict, info: dict | None = None) -> dict:
