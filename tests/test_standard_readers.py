@@ -29,6 +29,12 @@ def ours(processed, split):
     return np.stack(xs), np.array(ys), ids
 
 
+def digests(examples) -> dict:
+    """source id -> (label, shape, sha256 of the decoded pixels), for (image, label, id) triples."""
+    return {i.decode(): (int(y), tuple(x.shape), hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+            for x, y, i in examples}
+
+
 def check_tfds_equals_ours(processed: Path, key: str):
     import tensorflow_datasets as tfds
 
@@ -48,14 +54,14 @@ def check_tfds_equals_ours(processed: Path, key: str):
     for split, entry in manifest["splits"].items():
         if not entry["count"]:
             continue
-        images, labels, ids = ours(processed, split)
+        expected = digests(read_split(processed, split, with_ids=True).as_numpy_iterator())
         for ds in (by_dir.as_dataset(split=split, shuffle_files=False),
                    tfds.load(tfds_name(key), data_dir=str(processed / "tfds"), split=split, shuffle_files=False,
                              download=False)):
-            got = {g["source_id"].decode(): g for g in tfds.as_numpy(ds)}  # TFDS reads shards in turn,
-            assert sorted(got) == sorted(ids)                               # read_split interleaves them
-            assert [int(got[i]["label"]) for i in ids] == labels.tolist()
-            np.testing.assert_array_equal(np.stack([got[i]["image/encoded"] for i in ids]), images)
+            # keyed by source id: TFDS reads the shards in turn, read_split interleaves them
+            got = digests((g["image/encoded"], g["label"], g["source_id"]) for g in tfds.as_numpy(ds))
+            assert len(got) == len(expected) == entry["count"]
+            assert got == expected
     x, y = next(iter(tfds.load(tfds_name(key), data_dir=str(processed / "tfds"), split=next(iter(manifest["splits"])),
                                as_supervised=True, download=False)))
     assert x.dtype.name == "uint8" and tuple(x.shape) == tuple(manifest["image_shape"]) and y.dtype.name == "int64"
@@ -75,12 +81,12 @@ def check_index(processed: Path):
     rows = index.to_pylist()
     import tensorflow as tf
 
-    shards = {}
-    for row in rows:
-        if row["shard"] not in shards:
-            shards[row["shard"]] = [tf.train.Example.FromString(r.numpy())
-                                    for r in tf.data.TFRecordDataset(str(processed / row["shard"]))]
-        ex = shards[row["shard"]][row["record"]].features.feature
+    current, records = None, []
+    for row in rows:  # rows come shard by shard: one shard's records in memory at a time
+        if row["shard"] != current:
+            current = row["shard"]
+            records = [r.numpy() for r in tf.data.TFRecordDataset(str(processed / current))]
+        ex = tf.train.Example.FromString(records[row["record"]]).features.feature
         encoded = ex["image/encoded"].bytes_list.value[0]
         assert ex["source_id"].bytes_list.value[0].decode() == row["source_id"]
         assert row["sha256"] == hashlib.sha256(encoded).hexdigest() and row["bytes"] == len(encoded)
@@ -90,7 +96,8 @@ def check_index(processed: Path):
         assert row["shard"].startswith(row["split"] + "-")
     for split, entry in manifest["splits"].items():
         if entry["count"]:
-            assert sorted(r["source_id"] for r in rows if r["split"] == split) == sorted(ours(processed, split)[2])
+            ids = [i.decode() for _, _, i in read_split(processed, split, with_ids=True).as_numpy_iterator()]
+            assert sorted(r["source_id"] for r in rows if r["split"] == split) == sorted(ids)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +159,21 @@ def test_our_mnist_test_split_equals_tfds_own_mnist_builder(tmp_path):
 
     assert keyed((t["image"], t["label"]) for t in theirs) == keyed(zip(images, labels))
     check_tfds_equals_ours(project.processed_dir("mnist"), "mnist")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("key, needs", [("emnist_letters", "emnist"), ("cards", "cards")])
+def test_real_datasets_load_in_tfds(tmp_path, key, needs):
+    """The real EMNIST letters and cards (from ../shared/data) through both TFDS entry points."""
+    if not (SHARED / needs).exists():
+        pytest.skip(f"needs ../shared/data/{needs}")
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    write_params(tmp_path / "proj", {key: (params["fetch"] or {}).get(key) or {}},
+                 {key: params["prepare"][key]}, workers=2, mirror=str(SHARED))
+    project = Project(tmp_path / "proj")
+    fetch(project, key)
+    prepare(project, key)
+    check_tfds_equals_ours(project.processed_dir(key), key)
+    check_index(project.processed_dir(key))
