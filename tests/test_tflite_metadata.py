@@ -147,19 +147,31 @@ def mediapipe_classifier(path):
         base_options=BaseOptions(model_asset_path=str(path)), max_results=3))
 
 
+def cli_top1(model, files, capsys) -> list[str]:
+    """The top label per image as `tlpipe predict MODEL IMAGE...` prints it."""
+    from tasks.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", str(model), *map(str, files)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return [lines[lines.index(str(f)) + 1].rsplit(None, 1)[0].strip() for f in files]
+
+
 @pytest.mark.parametrize("kind", ["float32", "int8"])
-def test_mediapipe_image_classifier_agrees_with_tlpipe_predict(photo_export, kind):
+def test_mediapipe_image_classifier_agrees_with_tlpipe_predict(photo_export, kind, capsys):
     import mediapipe as mp
 
     path = photo_export["models"] / f"model_{kind}.tflite"
     clf = mediapipe_classifier(path)
     ours = predict(path, photo_export["files"], top_k=3)
     assert len(ours) == len(photo_export["files"]) > 0
+    assert cli_top1(path, photo_export["files"], capsys) == [r["top"][0]["label"] for r in ours]
     for file, mine in zip(photo_export["files"], ours):
         pixels = np.asarray(Image.open(file).convert("RGB"))
         (head,) = clf.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels)).classifications
         top = head.categories[0]
-        assert top.category_name == NAMES[top.index]  # the names come from the model's metadata
+        assert len(head.categories) == 3  # every category named from the model's own metadata
+        assert all(c.category_name == NAMES[c.index] for c in head.categories)
         assert top.category_name == mine["top"][0]["label"]
         assert top.score == pytest.approx(mine["top"][0]["score"], abs=1e-5)
     clf.close()
