@@ -2,7 +2,9 @@
 
 Writes into `out_dir` (reports/<model>/): `metrics.json` (DVC metrics: accuracy, top-k, macro P/R/F1,
 blessed), `per_class.json`, `confusion.json` (rows `{actual, predicted}` for DVC's confusion plot),
-`confusion_matrix.csv`, `confusion_matrix.png`, `misclassified.png`.
+`confusion_matrix.csv`, `confusion_matrix.png`, `misclassified.png`, and `predictions.parquet`
+(every example's source_id, label, Keras prediction and top-k scores; see tasks/tables.py), from
+which the most confused pairs and the misclassified grid are drawn.
 """
 from __future__ import annotations
 
@@ -101,7 +103,10 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str = ""
 
 
 def plot_examples(images, true, pred, names, path: Path, title: str = "misclassified") -> None:
-    """A grid of images captioned `true -> pred`."""
+    """A grid of images captioned with the true and the predicted label, one per line, wrapped to
+    the cell's width (long class names like "queen of hearts" no longer run into the neighbours)."""
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,14 +114,22 @@ def plot_examples(images, true, pred, names, path: Path, title: str = "misclassi
     n = max(1, len(images))
     cols = min(5, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
+    width = 24  # characters per caption line at fontsize 8 in a 2.2-inch cell
+
+    def caption(t, p):
+        lines = textwrap.wrap(f"true: {names[t]}", width) + textwrap.wrap(f"pred: {names[p]}", width)
+        return "\n".join(lines)
+
+    captions = [caption(t, p) for t, p in zip(true, pred)]
+    lines = max([c.count("\n") + 1 for c in captions] or [2])
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, (1.9 + 0.15 * lines) * rows + 0.4),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, t, p in zip(axes.flat, images, true, pred):
+    for ax, img, t, p, text in zip(axes.flat, images, true, pred, captions):
         ax.imshow(np.squeeze(img), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{names[t]} -> {names[p]}", fontsize=9, color="red" if t != p else "black")
+        ax.set_title(text, fontsize=8, color="red" if t != p else "black", loc="center", wrap=False)
     fig.suptitle(title if len(images) else f"{title}: none", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -145,20 +158,23 @@ def attribute_accuracy(y_true, y_pred, names: list[str], attributes: dict) -> di
     return result
 
 
-def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = None):
-    """(images uint8 N×H×W×C, labels int64 N, label names) of a split (its first `limit` examples)."""
+def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = None, with_ids: bool = False):
+    """(images uint8 N×H×W×C, labels int64 N, label names) of a split (its first `limit` examples);
+    with `with_ids`, the source ids (list of str) come fourth."""
     from tasks.shards import load_manifest, read_split
     from tasks.train import label_names
 
     manifest = load_manifest(processed_dir)
-    ds = read_split(processed_dir, split, batch_size=1024, manifest=manifest)
+    ds = read_split(processed_dir, split, batch_size=1024, manifest=manifest, with_ids=True)
     if limit:
         ds = ds.unbatch().take(limit).batch(1024)
-    xs, ys = [], []
-    for x, y in ds.as_numpy_iterator():
+    xs, ys, ids = [], [], []
+    for x, y, i in ds.as_numpy_iterator():
         xs.append(x)
         ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys).astype(np.int64), label_names(manifest)
+        ids += [s.decode() for s in i]
+    out = (np.concatenate(xs), np.concatenate(ys).astype(np.int64), label_names(manifest))
+    return (*out, ids) if with_ids else out
 
 
 def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
@@ -181,7 +197,7 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
 
     manifest = load_manifest(processed_dir)
     split = evaluation_split(manifest)
-    images, y_true, names = load_arrays(processed_dir, split)
+    images, y_true, names, ids = load_arrays(processed_dir, split, with_ids=True)
     model = keras.models.load_model(model_path)
     probs = model.predict(images, batch_size=int(cfg["batch_size"]), verbose=0)
     y_pred = probs.argmax(axis=1)
@@ -201,7 +217,11 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     metrics.update({f"{attr}_accuracy": v["accuracy"] for attr, v in by_attribute.items()})
     gate = bless(metrics, cfg, baseline_path or cfg.get("baseline"))
     metrics.update(blessed=gate["blessed"], blessing=gate)
-    confused = most_confused(cm, names, int(cfg["most_confused"]))
+    from tasks.tables import PREDICTIONS, confused_pairs, misclassified_rows, predictions_table, read_table, write_table
+
+    write_table(out_dir / PREDICTIONS, predictions_table(ids, split, y_true, names, probs, k))
+    table = read_table(out_dir / PREDICTIONS)  # the report's pairs and grid come from the table
+    confused = confused_pairs(table, names, int(cfg["most_confused"]))
 
     write_json(out_dir / "per_class.json", {"per_class": per_class, "most_confused": confused,
                                             "by_attribute": by_attribute})
@@ -210,8 +230,9 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     np.savetxt(out_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",",
                header=",".join(names), comments="")
     plot_confusion(cm, names, out_dir / "confusion_matrix.png")
-    wrong = np.flatnonzero(y_pred != y_true)[: int(cfg["grid"])]
-    plot_examples(images[wrong], y_true[wrong], y_pred[wrong], names, out_dir / "misclassified.png",
-                  title=f"misclassified (true -> pred), {int(np.sum(y_pred != y_true))} of {len(y_true)}")
+    wrong = misclassified_rows(table, int(cfg["grid"]))
+    label, pred = table["label"].to_numpy(), table["keras_pred"].to_numpy()
+    plot_examples(images[wrong], label[wrong], pred[wrong], names, out_dir / "misclassified.png",
+                  title=f"misclassified (true -> pred), {int(np.sum(pred != label))} of {table.num_rows}")
     write_json(out_dir / metrics_file, metrics)
     return {**metrics, "most_confused": confused}

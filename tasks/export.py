@@ -2,8 +2,12 @@
 
 Writes into `out_dir` (models/<model>/): `model_float32.tflite`, `model_int8.tflite`, `labels.txt`
 (one name per line, line i = class id i: the contract `tasks.predict` reads), `tflite.json`.
-The float32 model takes raw uint8 pixels; the int8 model takes int8 pixels (pixel - 128: input scale 1,
-zero point -128) and returns int8 scores. A blessed model is also copied to `current_dir`.
+The float32 model takes raw pixel values 0-255 as float32; the int8 model (full-integer: every
+weight and activation int8) takes the raw uint8 pixels (input scale 1, zero point 0, what MediaPipe
+Tasks, the Task Library and camera apps feed) and returns uint8 scores (scale 1/256). Both carry
+TFLite Metadata (tasks/tflite_metadata.py): name, description, version, author, license, input
+normalisation and labels.txt as the output's TENSOR_AXIS_LABELS file. A blessed model is also
+copied to `current_dir`.
 """
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from tasks.io import write_json
+from tasks.tables import PREDICTIONS, PREDICTIONS_TFLITE
+from tasks.tflite_metadata import add_classifier_metadata
 
 EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
-                   "num_threads": 1, "batch_size": 256, "seed": 0}
+                   "num_threads": 1, "batch_size": 256, "seed": 0, "metadata": {}}
+METADATA_DEFAULTS = {"author": "tlpipe", "license": "Apache-2.0", "version": ""}
 
 
 def make_interpreter(model_path: Path, num_threads: int = 1):
@@ -48,15 +55,23 @@ def to_tflite_float32(model) -> bytes:
 
 
 def to_tflite_int8(model, representative: np.ndarray) -> bytes:
-    """Full-integer int8 (weights, activations, input and output), calibrated on `representative`."""
+    """Full-integer quantisation (int8 weights and activations) calibrated on `representative`,
+    with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores.
+
+    The input's range comes from the calibration data, so one calibration image gets a 0 and a 255
+    pixel (one pixel each): the input scale is then exactly 1, whatever the images' own range."""
     import tensorflow as tf
 
+    representative = np.array(representative, copy=True)
+    flat = representative[0].reshape(-1, representative.shape[-1] if representative.ndim == 4 else 1)
+    flat[0], flat[-1] = 0, 255
+    representative[0] = flat.reshape(representative[0].shape)
     converter = tf.lite.TFLiteConverter.from_keras_model(_float_input_model(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in representative)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
         warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
         return converter.convert()
@@ -115,9 +130,13 @@ def latency_ms(model_path: Path, image: np.ndarray, runs: int = 200, num_threads
     return float(np.median(times) * 1000)
 
 
-def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred: np.ndarray, cfg: dict) -> dict:
-    """Accuracy of the TFLite model, its top-1 agreement with Keras, size and latency."""
-    pred = run_tflite(tflite_path, images, int(cfg["batch_size"]), int(cfg["num_threads"])).argmax(axis=1)
+def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred: np.ndarray, cfg: dict,
+           scores: np.ndarray | None = None) -> dict:
+    """Accuracy of the TFLite model, its top-1 agreement with Keras, size and latency (`scores`: the
+    model's scores on `images` when already computed)."""
+    if scores is None:
+        scores = run_tflite(tflite_path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
+    pred = scores.argmax(axis=1)
     return {"accuracy": float(np.mean(pred == labels)), "agreement": float(np.mean(pred == keras_pred)),
             "bytes": Path(tflite_path).stat().st_size,
             "latency_ms": round(latency_ms(tflite_path, images[0], int(cfg["latency_runs"]),
@@ -126,10 +145,14 @@ def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred
 
 def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *,
            metrics_path: Path | None = None, metrics_out: Path | None = None,
-           current_dir: Path | None = None) -> dict:
+           current_dir: Path | None = None, info: dict | None = None) -> dict:
     """Convert, check parity on the whole evaluation split (test, else validation), write evaluate's metrics (`metrics_path`) plus
     `tflite` to `metrics_out` (default: back into `metrics_path`; a separate file keeps each DVC output
-    owned by one stage), and copy the exported files and metrics to `current_dir` if blessed."""
+    owned by one stage), and copy the exported files and metrics to `current_dir` if blessed.
+
+    `info`: the model's `name` and `description` for the TFLite metadata (default: the model file's
+    folder name); author, license and version come from `params["metadata"]` (version "" = the first
+    12 hex digits of the Keras model file's sha256)."""
     import keras
 
     from tasks.evaluate import evaluation_split, load_arrays
@@ -149,11 +172,20 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     files["int8"].write_bytes(to_tflite_int8(model, train_x[pick]))
     (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     del train_x
+    manifest = load_manifest(processed_dir)
+    meta = model_info(model_path, cfg, info)
+    sizes = {kind: add_classifier_metadata(path, {**meta, "name": f"{meta['name']} ({kind})"}, names,
+                                           label_attributes=manifest.get("label_attributes") or None)
+             for kind, path in files.items()}
 
-    split = evaluation_split(load_manifest(processed_dir))
-    images, labels, _ = load_arrays(processed_dir, split)
+    split = evaluation_split(manifest)
+    images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
     keras_pred = model.predict(images, batch_size=512, verbose=0).argmax(axis=1)
-    result = {kind: parity(path, images, labels, keras_pred, cfg) for kind, path in files.items()}
+    scores = {kind: run_tflite(path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
+              for kind, path in files.items()}
+    result = {kind: parity(path, images, labels, keras_pred, cfg, scores[kind]) for kind, path in files.items()}
+    for kind in files:
+        result[kind]["bytes_without_metadata"] = sizes[kind]["bytes_without"]
     result["keras_accuracy"] = float(np.mean(keras_pred == labels))
     result["int8_size_ratio"] = result["int8"]["bytes"] / result["float32"]["bytes"]
     result["num_threads"], result["split"] = int(cfg["num_threads"]), split
@@ -164,10 +196,37 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
         metrics = json.loads(Path(metrics_path).read_text())
         metrics["tflite"] = {k: result[k] for k in ("float32", "int8")}
         write_json(metrics_out, metrics)
+        result["predictions"] = str(tflite_predictions(Path(metrics_path).parent / PREDICTIONS,
+                                                       metrics_out.parent / PREDICTIONS_TFLITE, ids, scores))
         result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_out, current_dir)
     else:
         result["current"] = False
     return result
+
+
+def tflite_predictions(keras_table: Path, out: Path, ids: list[str], scores: dict) -> Path | None:
+    """evaluate's predictions table plus each TFLite model's top-1 and its score, row by row."""
+    from tasks.tables import read_table, with_tflite, write_table
+
+    if not Path(keras_table).exists():
+        return None
+    table = read_table(keras_table)
+    if table["source_id"].to_pylist() != list(ids):
+        raise ValueError(f"{keras_table}: its rows are not the evaluation split's examples in order; "
+                         "rerun `tlpipe evaluate` for this model")
+    return write_table(out, with_tflite(table, scores))
+
+
+def model_info(model_path: Path, cfg: dict, info: dict | None = None) -> dict:
+    """name, description, version, author, license of the TFLite metadata."""
+    import hashlib
+
+    meta = {**METADATA_DEFAULTS, **(cfg.get("metadata") or {})}
+    if not meta.get("version"):
+        meta["version"] = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:12]
+    name = (info or {}).get("name") or Path(model_path).parent.name
+    description = (info or {}).get("description") or f"{name}: image classifier made by tlpipe"
+    return {**meta, "name": name, "description": description, "version": str(meta["version"])}
 
 
 def promote(files: list, metrics_path: Path | None, current_dir: Path | None) -> bool:

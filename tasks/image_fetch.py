@@ -1,7 +1,7 @@
 """fetch@<key> for image-folder datasets: a folder, an archive, a URL or a Kaggle dataset -> data/raw/<key>/.
 
 `fetch.<key>.source` (or the source module's UPSTREAM) says where the photos are:
-  kaggle:<owner>/<dataset>   downloaded with the kaggle package (credentials needed), then extracted
+  kaggle:<owner>/<dataset>   downloaded with kagglehub (public datasets need no account), extracted
   http(s)://.../x.zip|.tar.gz  downloaded (retries, resume), optional `sha256`, then extracted
   a local .zip/.tar(.gz) file  optional `sha256`, extracted
   a local folder               copied (or hard-linked with `link: hardlink`)
@@ -48,6 +48,13 @@ def fetch_images(project: Project, key: str, module, params: dict) -> dict:
             _check_not_nested(where["path"], raw)
             count, size, skipped = copy_tree(where["path"], tmp, hardlink=link == "hardlink")
             entry, fmt = {"source": shown, "files": count, "bytes": size}, "folder"
+        elif where["via"] == "kaggle":  # kagglehub hands over the dataset extracted
+            if pin:
+                raise ValueError(f"fetch.{key}.sha256 pins an archive, but kagglehub delivers {shown} "
+                                 "extracted; pin the Kaggle version instead: kaggle:<owner>/<dataset>/versions/<n>")
+            folder = kaggle_api.download_dataset(where["slug"], tmp / ".download", key=key)
+            count, size, skipped = copy_tree(archives.unwrap_single_folder(folder), tmp, hardlink=True)
+            entry, fmt = {"source": shown, "files": count, "bytes": size}, "kaggle"
         else:
             archive, entry = _obtain_archive(key, where, shown, pin, tmp / ".download", download_options(params))
             result = archives.extract(archive, tmp / ".extract", source=shown)
@@ -110,9 +117,7 @@ def _pin(key: str, fp: dict) -> str | None:
 def _obtain_archive(key, where, shown, pin, work: Path, options: dict) -> tuple[Path, dict]:
     """The archive as a local file (downloaded into `work` when remote), checked against `pin`."""
     work.mkdir(parents=True, exist_ok=True)
-    if where["via"] == "kaggle":
-        path = kaggle_api.download_dataset(where["slug"], work, key=key)
-    elif where["via"] == "url":
+    if where["via"] == "url":
         name = where["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "archive"
         path = work / name
         expect = "zip" if name.lower().endswith(".zip") else None

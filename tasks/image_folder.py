@@ -134,6 +134,9 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
         }
         write_json(tmp / LABELS, label_map(classes))
         write_json(tmp / MANIFEST, manifest)
+        from tasks.prepare import write_readers
+
+        write_readers(tmp, manifest, key)
     log.info("prepare %s: %s, %d skipped, in %.1f s", key, {k: v["count"] for k, v in manifest["splits"].items()},
              len(manifest["skipped"]), time.perf_counter() - start)
     return manifest

@@ -97,9 +97,18 @@ def export_stage(project: Project, key: str) -> dict:
     write_json(reports / "metrics.json", evaluation)
     result = export(models / "model.keras", project.processed_dir(model_params(params, key)["dataset"]),
                     models, params.get("export") or {}, metrics_path=reports / "metrics.json",
-                    current_dir=models / "current")
+                    current_dir=models / "current", info=model_description(params, key))
     return {"model": key, "blessed": evaluation["blessed"], "current": result["current"],
             **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
+
+
+def model_description(params: dict, key: str) -> dict:
+    """name and description of a model for its TFLite metadata, from its recipe."""
+    recipe = model_params(params, key)
+    start = recipe.get("init", RANDOM_INIT)
+    how = recipe.get("arch") or (params.get("train") or {}).get("arch") if start == RANDOM_INIT else f"from {start}"
+    return {"name": key, "description": f"{key}: {recipe['dataset']} image classifier ({how}), "
+                                       f"recipe models.{key} of tlpipe's params.yaml"}
 
 
 def report_stage(project: Project) -> dict:

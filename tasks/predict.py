@@ -1,6 +1,7 @@
 """Predict with an exported TFLite model: `tlpipe predict MODEL.tflite IMAGE...`.
 
-Labels come from `labels.txt` beside the model (line i = class id i). Images are read with PIL,
+Labels come from `labels.txt` beside the model (line i = class id i), else from the model's own
+TFLite metadata (its TENSOR_AXIS_LABELS file, which export packs into every .tflite). Images are read with PIL,
 converted to the model's channels (greyscale for 1), resized to its input size, fed as raw pixels
 (quantised when the input tensor is int8/uint8 with a scale).
 """
@@ -14,10 +15,17 @@ from tasks.export import dequantize_output, make_interpreter, quantize_input
 
 
 def read_labels(tflite_path: Path) -> list[str]:
+    """The sidecar labels.txt when there is one, else the labels inside the model's metadata."""
+    from tasks.tflite_metadata import labels_from_model
+
     path = Path(tflite_path).with_name("labels.txt")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no labels.txt beside the model (export writes one)")
-    return path.read_text(encoding="utf-8").splitlines()
+    if path.exists():
+        return path.read_text(encoding="utf-8").splitlines()
+    labels = labels_from_model(tflite_path)
+    if labels is None:
+        raise FileNotFoundError(f"{path}: no labels.txt beside the model, and {tflite_path} carries no "
+                                "labels in its TFLite metadata (tlpipe export writes both)")
+    return labels
 
 
 def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:

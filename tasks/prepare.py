@@ -47,9 +47,20 @@ def prepare(project: Project, key: str) -> dict:
     with atomic_dir(project.processed_dir(key)) as tmp:
         manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(p.get("shard_mb", 128)),
                                  min_shards=int(p.get("min_shards", 1)), workers=workers(params), extra=extra)
+        write_readers(tmp, manifest, key)
     log.info("prepare %s: %s in %.1f s", key,
              {s: v["count"] for s, v in manifest["splits"].items()}, time.perf_counter() - start)
     return manifest
+
+
+def write_readers(out_dir, manifest: dict, key: str) -> None:
+    """What standard tools read, beside the shards: the example index (Parquet, tasks/tables.py)
+    and TFDS's metadata (tasks/tfds_export.py)."""
+    from tasks.tables import write_index
+    from tasks.tfds_export import write_tfds_metadata
+
+    write_index(out_dir, manifest)
+    write_tfds_metadata(out_dir, manifest, key)
 
 
 def assign_splits(loaded: Loaded, validation_percentage: float, testing_percentage: float):

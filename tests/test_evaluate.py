@@ -103,3 +103,34 @@ def test_report_pages_and_index(tmp_path):
     assert (reports / "transfer.png").exists() and (reports / "mnist_scratch" / "curves.png").exists()
     page = (reports / "mnist_scratch" / "README.md").read_text()
     assert "| int8 | 99.00 % | 100.00 % | 1,000 |" in page and "blessed" in page
+
+
+def test_misclassified_grid_captions_do_not_overlap(tmp_path, monkeypatch):
+    """Long class names (the cards') wrap inside their cell: no caption touches another caption or
+    another cell's image."""
+    import matplotlib.pyplot as plt
+
+    from tasks.evaluate import plot_examples
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    names = ["ace of clubs", "queen of hearts", "king of hearts", "eight of diamonds", "ten of diamonds",
+             "joker", "six of spades", "seven of spades", "two of clubs", "three of clubs"]
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 10, 12)
+    pred = (true + 1 + rng.integers(0, 8, 12)) % 10
+    plot_examples(rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8), true, pred, names, tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    used = [ax for ax in fig.axes if ax.images]
+    titles = [ax.title.get_window_extent(renderer) for ax in used]
+    images = [ax.get_window_extent(renderer) for ax in used]
+    assert len(titles) == 12
+    for i, box in enumerate(titles):
+        assert box.x0 >= images[i].x0 - 12 and box.x1 <= images[i].x1 + 12  # within its own column
+        for j, other in enumerate(titles):
+            assert i == j or not box.overlaps(other), (i, j)
+        for j, image in enumerate(images):
+            assert i == j or not box.overlaps(image), (i, j)
+    plt.close(fig)

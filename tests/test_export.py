@@ -48,9 +48,9 @@ def test_int8_model_really_is_int8(exported):
     interp = make_interpreter(tmp / "models" / "model_int8.tflite")
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
-    assert inp["quantization"] == pytest.approx((1.0, -128))  # raw pixel p is fed as p - 128
-    kinds = {t["dtype"] for t in interp.get_tensor_details()}
+    assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8  # what MediaPipe and apps feed
+    assert inp["quantization"] == pytest.approx((1.0, 0))  # the raw pixel bytes, as they are
+    kinds = {t["dtype"] for t in interp.get_tensor_details()}  # full-integer: int8 inside
     assert np.float32 not in kinds and np.int8 in kinds       # no float tensor left anywhere
     assert result["int8"]["bytes"] < 0.35 * result["float32"]["bytes"]
 
@@ -63,7 +63,9 @@ def test_parity_and_metrics_merge(exported):
     assert result["float32"]["latency_ms"] > 0
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
     assert metrics["accuracy"] == 0.9 and set(metrics["tflite"]) == {"float32", "int8"}
-    assert set(metrics["tflite"]["int8"]) == {"accuracy", "agreement", "bytes", "latency_ms"}
+    assert set(metrics["tflite"]["int8"]) == {"accuracy", "agreement", "bytes", "bytes_without_metadata",
+                                              "latency_ms"}
+    assert 0 < metrics["tflite"]["int8"]["bytes"] - metrics["tflite"]["int8"]["bytes_without_metadata"] < 4096
     assert "tflite" not in json.loads((tmp / "reports" / "evaluation.json").read_text())
     assert result["current"] and (tmp / "current" / "model_int8.tflite").exists()
     assert json.loads((tmp / "current" / "metrics.json").read_text())["tflite"] == metrics["tflite"]
@@ -109,3 +111,13 @@ def test_predict_reads_labels_and_converts_images(exported, tmp_path):
         for r in out:
             scores = [t["score"] for t in r["top"]]
             assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+
+
+def test_predict_reads_labels_from_the_model_without_a_sidecar(exported, tmp_path):
+    tmp, _, (images, _), _ = exported
+    Image.fromarray(images[0]).save(tmp_path / "0.png")
+    lone = tmp_path / "model_int8.tflite"  # no labels.txt beside it: the metadata's labels are used
+    lone.write_bytes((tmp / "models" / "model_int8.tflite").read_bytes())
+    assert predict(lone, [tmp_path / "0.png"])[0]["top"][0]["label"] in NAMES
+    (tmp_path / "labels.txt").write_text("w\nx\ny\nz\n")  # a sidecar wins over the metadata
+    assert predict(lone, [tmp_path / "0.png"])[0]["top"][0]["label"] in list("wxyz")

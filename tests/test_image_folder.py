@@ -169,11 +169,17 @@ def test_output_is_byte_identical_whatever_the_worker_count(messy, monkeypatch):
     monkeypatch.setattr(image_folder, "CHUNK", 3)  # many chunks, so the pool really splits the work
     fetch(project, "cards")
     one = prepare(project, "cards")
-    files = {p.name: p.read_bytes() for p in project.processed_dir("cards").iterdir()}
+    out = project.processed_dir("cards")
+
+    def contents():  # every file, the TFDS metadata folder and the Parquet index included
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    files = contents()
+    assert {"index.parquet", "dataset_info.json", "tfds/tlpipe_cards/1.0.0/dataset_info.json"} <= set(files)
     monkeypatch.setenv("TLPIPE_WORKERS", "2")
     two = prepare(project, "cards")
     assert one == two
-    assert {p.name: p.read_bytes() for p in project.processed_dir("cards").iterdir()} == files
+    assert contents() == files
 
 
 def split_map(project, key):
