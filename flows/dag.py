@@ -139,11 +139,23 @@ def changed(root: str | os.PathLike, name: str) -> list:
     return status(root, [name]).get(name, [])
 
 
-def prepare_outs(root: str | os.PathLike, name: str) -> None:
-    """Remove a stage's outs before it runs, as `dvc repro` does (persistent outs are kept but
-    unprotected), so that a cache linked into the workspace is never written through."""
+def prepare_outs(root: str | os.PathLike, name: str, *, run_cache: bool = True) -> bool:
+    """Before a stage runs, as `dvc repro` does: remove its outs (persistent ones are kept but
+    unprotected, so a cache linked into the workspace is never written through), then try DVC's
+    run cache: when these deps and params were run before (or only the outs went missing), check
+    the outs out of the cache instead of running the command. True when it did."""
+    from dvc.stage.cache import RunCacheNotFoundError
+
     with locked_repo(root) as repo:
-        _stage(repo, name).remove_outs(ignore_remove=False, force=False)
+        stage = _stage(repo, name)
+        stage.remove_outs(ignore_remove=False, force=False)
+        if not run_cache:
+            return False
+        try:
+            stage.repo.stage_cache.restore(stage)
+        except RunCacheNotFoundError:
+            return False
+        return True
 
 
 @contextlib.contextmanager
@@ -176,10 +188,15 @@ def command(stage: Stage) -> list[str] | str:
     return stage.cmd
 
 
-def run(root: str | os.PathLike, stage: Stage, log: Callable[[str], None] = print) -> None:
-    """Run one stage's command in its wdir (outs removed first, as `dvc repro` does); each output
-    line goes to `log`. Raises StageFailed naming the stage when it exits non-zero."""
-    prepare_outs(root, stage.name)
+def run(root: str | os.PathLike, stage: Stage, log: Callable[[str], None] = print, *,
+        run_cache: bool = True) -> str:
+    """Bring one stage up to date as `dvc repro` does, without recording it (see `commit`): its outs
+    are removed, then restored from DVC's run cache ("restored") or made by its command in its
+    wdir ("ran"), each output line going to `log`. Raises StageFailed naming the stage when the
+    command exits non-zero."""
+    if prepare_outs(root, stage.name, run_cache=run_cache):
+        log(f"{stage.name}: restored from DVC's run cache, command not run")
+        return "restored"
     argv = command(stage)
     tail: list[str] = []
     with _rwlocked(root, stage):
@@ -194,6 +211,7 @@ def run(root: str | os.PathLike, stage: Stage, log: Callable[[str], None] = prin
     if rc != 0:
         last = "\n".join(tail[-10:])
         raise StageFailed(f"stage {stage.name} (`{stage.cmd}` in {stage.wdir}) exited {rc}:\n{last}")
+    return "ran"
 
 
 def commit(root: str | os.PathLike, name: str) -> None:

@@ -37,10 +37,10 @@ def stage_task(root: str, stage: dag.Stage) -> dict:
         return {"stage": stage.name, "ran": False, "frozen": True}
     logger.info("%s: running `%s` (%s)", stage.name, stage.cmd, _describe(changes))
     start = time.perf_counter()
-    dag.run(root, stage, log=lambda line: logger.info("%s | %s", stage.name, line))
+    how = dag.run(root, stage, log=lambda line: logger.info("%s | %s", stage.name, line))
     dag.commit(root, stage.name)
-    return {"stage": stage.name, "ran": True, "seconds": round(time.perf_counter() - start, 2),
-            "changes": changes}
+    return {"stage": stage.name, "ran": how == "ran", "restored": how == "restored",
+            "seconds": round(time.perf_counter() - start, 2), "changes": changes}
 
 
 def stage_options(stage: dag.Stage) -> dict:
@@ -73,7 +73,10 @@ def pipeline(datasets: list[str] | None = None, root: str | None = None, models:
              targets: list[str] | None = None) -> dict:
     """dvc.yaml's DAG as a Prefect flow: the data stages of `datasets` (default: params.yaml
     `datasets`), or with `models` every stage (train, evaluate, export, report too), or `targets`
-    (stage names as `dvc repro` takes them) with what they depend on. Up-to-date stages are skipped."""
+    (stage names as `dvc repro` takes them) with what they depend on. Up-to-date stages are skipped.
+
+    Returns {"datasets": {key: split counts}, "ran": [stages whose command ran], "restored":
+    [stages checked out of DVC's run cache], "skipped": [stages that were up to date]}."""
     project = find_project(root)
     root = str(project.root)
     if targets is None and not models:
@@ -94,7 +97,8 @@ def pipeline(datasets: list[str] | None = None, root: str | None = None, models:
         names = ", ".join(f"{n} ({s.name})" for n, s in result["failed"].items())
         raise RuntimeError(f"tlpipe pipeline: stages did not complete: {names}")
     return {"datasets": summary, "ran": [n for n, r in records.items() if r["ran"]],
-            "skipped": [n for n, r in records.items() if not r["ran"]]}
+            "restored": [n for n, r in records.items() if r.get("restored")],
+            "skipped": [n for n, r in records.items() if not (r["ran"] or r.get("restored"))]}
 
 
 def _describe(changes: list) -> str:
@@ -132,7 +136,8 @@ def _report(stages: list[dag.Stage]) -> str | None:
 
 
 def _stages_markdown(records: dict) -> str:
-    rows = [f"| {name} | {'ran' if r['ran'] else r.get('state', 'up to date')} | {r.get('seconds', '')} |"
+    rows = [f"| {name} | {'ran' if r['ran'] else 'restored from the run cache' if r.get('restored') else r.get('state', 'up to date')}"
+            f" | {r.get('seconds', '')} |"
             for name, r in records.items()]
     return "\n".join(["# tlpipe stages", "", "| stage | result | seconds |", "|---|---|---:|", *rows])
 

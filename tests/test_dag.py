@@ -79,9 +79,18 @@ def test_prefect_run_builds_the_data_stages_and_agrees_with_dvc(dvc_project, htt
     stale = set(dvc_status(dvc_project, "fetch", "prepare"))
     assert stale == {"prepare@mnist"}
     third = pipeline(root=str(dvc_project))
-    assert set(third["ran"]) == stale
+    assert set(third["ran"]) == stale and third["restored"] == []
     assert dvc_status(dvc_project, "fetch", "prepare") == {}
     assert third["datasets"]["mnist"]["validation"] > first["datasets"]["mnist"]["validation"]
+
+    # Back to the first value: DVC's run cache has that run, so the outs come back without the command.
+    params["prepare"]["mnist"]["validation_percentage"] = 20
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(dvc_status(dvc_project, "fetch", "prepare")) == {"prepare@mnist"}
+    fourth = pipeline(root=str(dvc_project))
+    assert fourth["restored"] == ["prepare@mnist"] and fourth["ran"] == []
+    assert fourth["datasets"]["mnist"] == first["datasets"]["mnist"]
+    assert dvc_status(dvc_project, "fetch", "prepare") == {}
 
 
 def test_network_stages_are_retried_and_a_failed_stage_is_not_recorded(dvc_project, http_server,
