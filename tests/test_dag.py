@@ -151,16 +151,20 @@ def test_a_project_without_dvc_says_so(tmp_path):
         dag.stages(tmp_path / "plain")
 
 
+def shell_project(root):
+    """A DVC project with one shell stage, `copy`: in.txt -> out/copy.txt."""
+    write_params(root, datasets=())
+    (root / "in.txt").write_text("hello\n")
+    return init_dvc_project(root, keep_params=True, dvc_yaml={"stages": {
+        "copy": {"cmd": "mkdir -p out && cp in.txt out/copy.txt", "deps": ["in.txt"], "outs": ["out"]}}})
+
+
 @pytest.mark.skipif(os.name != "posix", reason="a shell command stage")
 def test_any_stage_command_runs_and_is_committed(tmp_path):
     """A stage that is not a `tlpipe` command runs as DVC runs it (in a shell, in its wdir)."""
     from flows import dag
 
-    root = tmp_path / "p"
-    write_params(root, datasets=())
-    (root / "in.txt").write_text("hello\n")
-    init_dvc_project(root, keep_params=True, dvc_yaml={"stages": {
-        "copy": {"cmd": "mkdir -p out && cp in.txt out/copy.txt", "deps": ["in.txt"], "outs": ["out"]}}})
+    root = shell_project(tmp_path / "p")
     (stage,) = dag.stages(root)
     assert dag.changed(root, "copy")
     lines = []
@@ -172,3 +176,28 @@ def test_any_stage_command_runs_and_is_committed(tmp_path):
     bad = dag.Stage("copy", "exit 3", str(root), (), ())
     with pytest.raises(dag.StageFailed, match="copy.*exited 3"):
         dag.run(root, bad, log=lines.append)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a shell command stage")
+def test_cli_pipeline_keeps_third_party_info_logs_out_unless_verbose(tmp_path, prefect_harness):
+    """`tlpipe pipeline` against a Prefect server: no `httpx: HTTP Request` line per API call by
+    default, the pipeline's own messages still there; `--verbose` brings the library logs back."""
+    from prefect.settings import PREFECT_API_URL
+
+    root = shell_project(tmp_path / "p")
+    env = dvc_env(PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(REPO))
+    quiet = sh([sys.executable, "-m", "tasks.cli", "pipeline", "copy"], root, env)
+    assert "HTTP Request" not in quiet and "httpx" not in quiet
+    assert "copy: running" in quiet and '"ran": [\n    "copy"' in quiet
+    loud = sh([sys.executable, "-m", "tasks.cli", "pipeline", "copy", "--verbose"], root, env)
+    assert "HTTP Request" in loud and "copy is up to date" in loud
+
+
+def test_serve_without_a_server_says_how_to_start_one(tmp_path):
+    env = dvc_env(PREFECT_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-m", "tasks.cli", "serve"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "prefect server start" in done.stderr and "PREFECT_API_URL" in done.stderr
+    assert "--ephemeral" in done.stderr
