@@ -183,7 +183,7 @@ def command(stage: Stage) -> list[str] | str:
     """The argv the stage runs: `tlpipe <sub> <arg>` through this Python (`-m tasks.cli`, the same
     function with the same args, whatever is on PATH); any other command as DVC runs it, in a shell."""
     argv = shlex.split(stage.cmd)
-    if argv and argv[0] == "tlpipe":
+    if argv and argv[0] == "tlpipe" and not set(stage.cmd) & set("&|;<>()$`\n"):
         return [sys.executable, "-m", "tasks.cli", *argv[1:]]
     return stage.cmd
 

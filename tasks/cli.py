@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
-    p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`)")
+    p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "
+                                           "(prepare@mnist, train) or foreach key: it and its upstream")
     p.add_argument("--models", action="store_true", help="also train, evaluate, export and report every model")
     p.set_defaults(run=_pipeline)
     p = sub.add_parser("serve", help="serve the pipeline flow as a scheduled Prefect deployment")

@@ -35,6 +35,8 @@ def test_stages_come_from_dvc_yaml_with_their_upstream(dvc_project):
     assert data["prepare@mnist"].upstream == ("fetch@mnist",) and data["fetch@mnist"].upstream == ()
     assert data["prepare@mnist"].cmd == "tlpipe prepare mnist"
     assert dag.command(data["prepare@mnist"])[1:] == ["-m", "tasks.cli", "prepare", "mnist"]
+    compound = dag.Stage("x", "tlpipe fetch a && tlpipe prepare a", "/", (), ())
+    assert dag.command(compound) == compound.cmd  # a shell line runs in a shell, as DVC runs it
 
     everything = {s.name: s for s in dag.stages(dvc_project)}
     models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
