@@ -1,69 +1,145 @@
-"""The pipeline as a Prefect 3 flow: the DAG of dvc.yaml, datasets in parallel."""
+"""The pipeline as a Prefect 3 flow whose graph is dvc.yaml's, read through DVC (flows/dag.py).
+
+One Prefect task per DVC stage, waiting for the stages it depends on; each task asks DVC whether its
+stage is up to date (what `dvc status` says), runs the stage's own command when it is not, and
+records the run in dvc.lock and DVC's cache (as `dvc repro` does), so `dvc status` and Prefect
+agree. Independent stages run concurrently in threads; DVC's repo lock orders the dvc.lock writes.
+"""
 from __future__ import annotations
 
-from prefect import flow
+import json
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.data import fetch_task, fetch_weights_task, prepare_task
-from flows.models import evaluate_task, export_task, features_task, report_task, train_task
+from flows import dag
 from tasks.config import find_project
-from tasks.model_stages import RANDOM_INIT
+
+# Stages that reach the network: Prefect retries them (their downloads also retry on their own).
+NETWORK_STAGES = {"fetch": 2, "fetch_weights": 2}
+RETRY_DELAYS_S = [10, 60]
+
+
+@task(name="dvc-stage", cache_policy=NO_CACHE, persist_result=False)
+def stage_task(root: str, stage: dag.Stage) -> dict:
+    """One DVC stage: skipped when DVC says it is up to date, else run and committed."""
+    logger = get_run_logger()
+    changes = dag.changed(root, stage.name)
+    if not changes:
+        logger.info("%s is up to date", stage.name)
+        return {"stage": stage.name, "ran": False}
+    if stage.frozen:
+        logger.warning("%s is frozen: not run although DVC reports %s", stage.name, changes)
+        return {"stage": stage.name, "ran": False, "frozen": True}
+    logger.info("%s: running `%s` (%s)", stage.name, stage.cmd, _describe(changes))
+    start = time.perf_counter()
+    how = dag.run(root, stage, log=lambda line: logger.info("%s | %s", stage.name, line))
+    dag.commit(root, stage.name)
+    return {"stage": stage.name, "ran": how == "ran", "restored": how == "restored",
+            "seconds": round(time.perf_counter() - start, 2), "changes": changes}
+
+
+def stage_options(stage: dag.Stage) -> dict:
+    """Prefect options of a stage's task: its name, and retries for the network stages."""
+    options = {"name": stage.group, "task_run_name": stage.name}
+    if stage.group in NETWORK_STAGES:
+        options.update(retries=NETWORK_STAGES[stage.group], retry_delay_seconds=RETRY_DELAYS_S)
+    return options
+
+
+def run_dag(root: str, stages: list[dag.Stage]) -> dict:
+    """Submit every stage (upstream first) with its upstream as `wait_for`; {stage: record}."""
+    futures = {}
+    for stage in stages:
+        waits = [futures[u] for u in stage.upstream if u in futures]
+        futures[stage.name] = stage_task.with_options(**stage_options(stage)).submit(root, stage, wait_for=waits)
+    records, failed = {}, {}
+    for name, future in futures.items():
+        state = future.wait() or future.state
+        if state.is_completed():
+            records[name] = future.result()
+        else:
+            failed[name] = state
+            records[name] = {"stage": name, "ran": False, "state": state.name}
+    return {"records": records, "failed": failed}
 
 
 @flow(name="tlpipe-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def pipeline(datasets: list[str] | None = None, root: str | None = None, models: bool = False) -> dict:
-    """fetch -> prepare per dataset; with `models`, then train -> evaluate -> export per model and report."""
+def pipeline(datasets: list[str] | None = None, root: str | None = None, models: bool = False,
+             targets: list[str] | None = None) -> dict:
+    """dvc.yaml's DAG as a Prefect flow: the data stages of `datasets` (default: params.yaml
+    `datasets`), or with `models` every stage (train, evaluate, export, report too), or `targets`
+    (stage names as `dvc repro` takes them) with what they depend on. Up-to-date stages are skipped.
+
+    Returns {"datasets": {key: split counts}, "ran": [stages whose command ran], "restored":
+    [stages checked out of DVC's run cache], "skipped": [stages that were up to date]}."""
     project = find_project(root)
-    params = project.params()
-    keys = datasets or params["datasets"]
     root = str(project.root)
-    # Each dataset's prepare waits only for its own fetch: independent datasets run concurrently.
-    prepared = {k: prepare_task.submit(k, root, wait_for=[fetch_task.submit(k, root)]) for k in keys}
-    summary = {k: {s: v["count"] for s, v in f.result()["splits"].items()} for k, f in prepared.items()}
-    create_markdown_artifact(key="tlpipe-data", markdown=_markdown(summary), description="tlpipe datasets")
-    if models:
-        create_markdown_artifact(key="tlpipe-models", markdown=_model_line(params, root, prepared),
-                                 description="tlpipe model reports")
+    if targets is None and not models:
+        targets = list(datasets or project.params().get("datasets") or [])
+    stages = dag.stages(root, targets)
+    result = run_dag(root, stages)
+    records = result["records"]
+
+    summary = _datasets(stages)
+    create_markdown_artifact(key="tlpipe-stages", markdown=_stages_markdown(records),
+                             description="tlpipe: which DVC stages ran")
+    if summary:
+        create_markdown_artifact(key="tlpipe-data", markdown=_markdown(summary), description="tlpipe datasets")
+    report = _report(stages) if models else None
+    if report is not None:
+        create_markdown_artifact(key="tlpipe-models", markdown=report, description="tlpipe model reports")
+    if result["failed"]:
+        names = ", ".join(f"{n} ({s.name})" for n, s in result["failed"].items())
+        raise RuntimeError(f"tlpipe pipeline: stages did not complete: {names}")
+    return {"datasets": summary, "ran": [n for n, r in records.items() if r["ran"]],
+            "restored": [n for n, r in records.items() if r.get("restored")],
+            "skipped": [n for n, r in records.items() if not (r["ran"] or r.get("restored"))]}
+
+
+def _describe(changes: list) -> str:
+    parts = []
+    for change in changes:
+        if isinstance(change, dict):
+            for kind, what in change.items():
+                parts.append(f"{kind}: {', '.join(f'{k} {v}' for k, v in what.items())}"
+                             if isinstance(what, dict) else f"{kind}: {what}")
+        else:
+            parts.append(str(change))
+    return "; ".join(parts)
+
+
+def _datasets(stages: list[dag.Stage]) -> dict:
+    """Split counts of every dataset a stage of this run built (an out with a manifest.json)."""
+    summary = {}
+    for stage in stages:
+        for out in stage.outs:
+            manifest = Path(out) / "manifest.json"
+            if manifest.is_file() and stage.key:
+                splits = json.loads(manifest.read_text(encoding="utf-8")).get("splits", {})
+                summary[stage.key] = {s: v["count"] for s, v in splits.items()}
     return summary
 
 
-def _model_line(params: dict, root: str, prepared: dict) -> str:
-    """Train models in dependency order, as dvc.yaml's DAG: a transfer waits for the model it
-    starts from, a photo model for its pretrained weights or its bottleneck cache."""
-    trained, weights, caches, exported = {}, {}, {}, []
+def _report(stages: list[dag.Stage]) -> str | None:
+    """The report stage's index page (the first README.md among the outs of a stage named report)."""
+    for stage in stages:
+        if stage.group == "report":
+            for out in stage.outs:
+                if Path(out).name == "README.md" and Path(out).is_file():
+                    return Path(out).read_text(encoding="utf-8")
+    return None
 
-    def fetched_weights(key):
-        if key not in weights:
-            weights[key] = fetch_weights_task.submit(key, root)
-        return weights[key]
 
-    def cache(key):
-        if key not in caches:
-            cfg = params["features"][key]
-            waits = [fetched_weights(cfg["weights"])] if cfg.get("weights") else []
-            waits += [prepared[cfg["dataset"]]] if cfg["dataset"] in prepared else []
-            caches[key] = features_task.submit(key, root, wait_for=waits)
-        return caches[key]
-
-    def submit(key):
-        if key not in trained:
-            recipe = params["models"][key]
-            init = recipe.get("init", RANDOM_INIT).split("/")
-            waits = [prepared[recipe["dataset"]]] if recipe["dataset"] in prepared else []
-            if init[0] == "models":
-                waits.append(submit(init[1]))
-            elif init[:2] == ["data", "features"]:
-                waits.append(cache(init[2]))
-            elif init[:2] == ["data", "weights"]:
-                waits.append(fetched_weights(init[2]))
-            trained[key] = train_task.submit(key, root, wait_for=waits)
-        return trained[key]
-
-    for key in params["models"]:
-        evaluated = evaluate_task.submit(key, root, wait_for=[submit(key)])
-        exported.append(export_task.submit(key, root, wait_for=[evaluated]))
-    return report_task.submit(root, wait_for=exported).result()
+def _stages_markdown(records: dict) -> str:
+    rows = [f"| {name} | {'ran' if r['ran'] else 'restored from the run cache' if r.get('restored') else r.get('state', 'up to date')}"
+            f" | {r.get('seconds', '')} |"
+            for name, r in records.items()]
+    return "\n".join(["# tlpipe stages", "", "| stage | result | seconds |", "|---|---|---:|", *rows])
 
 
 def _markdown(summary: dict) -> str:

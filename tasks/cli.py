@@ -11,7 +11,9 @@
     tlpipe report             reports/README.md and one page per model
     tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
-    tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow
+    tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow (needs a Prefect server)
+
+    -v/--verbose              also show other libraries' INFO logs (httpx, DVC, ...); WARNING by default
 """
 from __future__ import annotations
 
@@ -25,7 +27,11 @@ from tasks.config import find_project
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own loggers at INFO; third-party ones (httpx logs every Prefect API call) at WARNING unless asked.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("tasks", "flows"):
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         result = args.run(args)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -94,7 +100,18 @@ def _pipeline(args):
     return pipeline(datasets=args.keys or None, root=str(find_project().root), models=args.models)
 
 
+SERVER_HELP = (
+    "no Prefect server is configured (PREFECT_API_URL is unset), so the schedule would live on a temporary "
+    "server that stops with this process. Start one with `prefect server start` (API and UI on "
+    "http://127.0.0.1:4200) and point at it with `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` "
+    "(or export PREFECT_API_URL=<your server>/api); or pass --ephemeral to serve on a temporary server anyway")
+
+
 def _serve(args):
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url and not args.ephemeral:
+        raise RuntimeError(SERVER_HELP)
     from flows.pipeline import pipeline
 
     pipeline.serve(name=args.name, cron=args.cron, parameters={"root": str(find_project().root)})
@@ -103,6 +120,7 @@ def _serve(args):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show third-party INFO logs too")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, run, help_ in (("fetch", _fetch, "fetch a dataset's files"),
                              ("prepare", _prepare, "build a dataset's TFRecord shards")):
@@ -127,13 +145,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
-    p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`)")
+    p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "
+                                           "(prepare@mnist, train) or foreach key: it and its upstream")
     p.add_argument("--models", action="store_true", help="also train, evaluate, export and report every model")
     p.set_defaults(run=_pipeline)
     p = sub.add_parser("serve", help="serve the pipeline flow as a scheduled Prefect deployment")
     p.add_argument("--name", default="tlpipe-nightly")
     p.add_argument("--cron", default="0 3 * * *")
+    p.add_argument("--ephemeral", action="store_true",
+                   help="serve even without a Prefect server (a temporary one that stops with this process)")
     p.set_defaults(run=_serve)
+    for p in sub.choices.values():  # `tlpipe pipeline --verbose` as well as `tlpipe --verbose pipeline`
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show third-party INFO logs too")
     return parser
 
 

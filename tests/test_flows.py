@@ -1,6 +1,7 @@
 """The Prefect pipeline flow runs the same functions as the DVC stages, datasets concurrently."""
 import json
 
+from dvcproject import dvc_status, init_dvc_project
 from project import write_mirror, write_params
 
 
@@ -11,8 +12,9 @@ def test_pipeline_flow_fetches_and_prepares_every_dataset(tmp_path, prefect_harn
     pins = write_mirror(mirror, mat=False, test_images=False)
     root = tmp_path / "proj"
     write_params(root, mirror=str(mirror), pins=pins)
+    init_dvc_project(root)
 
-    summary = pipeline(root=str(root))
+    summary = pipeline(root=str(root))["datasets"]
 
     assert set(summary) == {"mnist", "emnist_letters"}
     assert summary["mnist"]["test"] == 30
@@ -20,6 +22,7 @@ def test_pipeline_flow_fetches_and_prepares_every_dataset(tmp_path, prefect_harn
     for key in summary:
         manifest = json.loads((root / "data/processed" / key / "manifest.json").read_text())
         assert {s: v["count"] for s, v in manifest["splits"].items()} == summary[key]
+    assert dvc_status(root, "fetch", "prepare") == {}
 
 
 def test_flow_task_retries_a_failed_fetch(tmp_path, prefect_harness, monkeypatch):
