@@ -31,6 +31,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from tasks.hashing import sha256_file
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -141,14 +143,6 @@ def check_status(resp: requests.Response, url: str) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def sha256_file(path, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def local_path(url) -> Path | None:

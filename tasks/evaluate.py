@@ -148,7 +148,7 @@ def attribute_accuracy(y_true, y_pred, names: list[str], attributes: dict) -> di
 def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = None):
     """(images uint8 N×H×W×C, labels int64 N, label names) of a split (its first `limit` examples)."""
     from tasks.shards import load_manifest, read_split
-    from tasks.train import label_names
+    from tasks.labels import label_names
 
     manifest = load_manifest(processed_dir)
     ds = read_split(processed_dir, split, batch_size=1024, manifest=manifest)

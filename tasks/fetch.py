@@ -21,7 +21,7 @@ def fetch(project: Project, key: str) -> dict:
     """
     params = project.params()
     fetch_params = (params.get("fetch") or {}).get(key) or {}
-    module = source(key, fetch_params)
+    module = source(key, params)
     if is_image_folder(module):
         from tasks.image_fetch import fetch_images
 

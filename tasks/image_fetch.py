@@ -26,15 +26,12 @@ log = logging.getLogger(__name__)
 MIRROR_TOKEN = "$TLPIPE_MIRROR"
 RECORD = "fetch.json"
 WORK_DIRS = (".download", ".extract")
-FETCH_KEYS = {"kind", "source", "sha256", "link"}
+FETCH_KEYS = ("source", "sha256", "link")   # fetch.<key> of an image-folder dataset (tasks/validate.py)
 
 
 def fetch_images(project: Project, key: str, module, params: dict) -> dict:
     """Materialize dataset `key` under data/raw/<key>/; returns the record written to fetch.json."""
     fp = (params.get("fetch") or {}).get(key) or {}
-    unknown = sorted(set(fp) - FETCH_KEYS)
-    if unknown:
-        raise ValueError(f"fetch.{key}: unknown keys {unknown}; known: {sorted(FETCH_KEYS)}")
     where, shown = resolve_source(key, module, fp, mirror(params), project.root)
     pin = _pin(key, fp)
     link = str(fp.get("link", "copy"))

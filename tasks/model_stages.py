@@ -15,10 +15,17 @@ RANDOM_INIT = "tasks/models.py"  # `init` of a model trained from scratch: its a
 DEFAULT_TRAINER = "tasks/train.py"
 
 
+def recipes(params: dict) -> dict:
+    """Every model recipe: `models` (train@) and `distill` (distill@, recipes with a teacher), as
+    params.yaml merges them into `all_models` for evaluate@, export@ and the report pages."""
+    merged = {**(params.get("models") or {}), **(params.get("distill") or {})}
+    return params.get("all_models") or merged
+
+
 def model_params(params: dict, key: str) -> dict:
-    models = params.get("models") or {}
+    models = recipes(params)
     if key not in models:
-        raise KeyError(f"no model {key!r} in params.yaml models: {sorted(models)}")
+        raise KeyError(f"no model {key!r} in params.yaml models or distill: {sorted(models)}")
     return models[key]
 
 
@@ -31,14 +38,6 @@ def source_model(project: Project, params: dict, key: str) -> Path | None:
     if not path.exists():
         raise FileNotFoundError(f"{key}: init model {init} does not exist; train that model first")
     return path
-
-
-def with_transfer_key(params: dict, key: str) -> dict:
-    """params with models[key].transfer_from derived from its `init` path (for train and reports)."""
-    recipe = dict(model_params(params, key))
-    init = Path(recipe.get("init", RANDOM_INIT))
-    recipe["transfer_from"] = init.parent.name if init.parts[:1] == ("models",) else None
-    return {**params, "models": {**params["models"], key: recipe}}
 
 
 def trainer(recipe: dict):
@@ -54,7 +53,7 @@ def trainer(recipe: dict):
 def train_stage(project: Project, key: str) -> dict:
     params = project.params()
     recipe = model_params(params, key)
-    return trainer(recipe).train(key, with_transfer_key(params, key), project.processed_dir(recipe["dataset"]),
+    return trainer(recipe).train(key, {"models": {key: recipe}}, project.processed_dir(recipe["dataset"]),
                                  project.root / "models" / key, source_model(project, params, key))
 
 
@@ -101,12 +100,20 @@ def export_stage(project: Project, key: str) -> dict:
             **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
 
 
+def report_page_stage(project: Project, key: str) -> dict:
+    """report_page@<key>: the model's page and its row of the index (reports/summaries/<key>.json)."""
+    from tasks.report import write_page
+
+    model_params(project.params(), key)  # an unknown key fails here, not with a missing file
+    return write_page(project.root / "reports", key, models_dir=project.root / "models")
+
+
 def report_stage(project: Project) -> dict:
-    from tasks.report import write_report
+    """report: reports/README.md from every model's page summary, in params order."""
+    from tasks.report import write_index
 
     params = project.params()
-    return write_report(project.root / "reports", list(params.get("models") or {}),
-                        models_dir=project.root / "models")
+    return write_index(project.root / "reports", list(recipes(params)), params.get("report") or {})
 
 
 def predict_images(model: str, images: list[str], top_k: int) -> str:

@@ -15,6 +15,8 @@ from tasks.splits import carve, shuffle_order
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
+# prepare.<key> of an array dataset (MNIST, EMNIST): the one place the defaults live.
+ARRAY_DEFAULTS = {"validation_percentage": 10, "testing_percentage": 10, "shard_mb": 128, "min_shards": 8}
 
 
 def prepare(project: Project, key: str) -> dict:
@@ -23,17 +25,17 @@ def prepare(project: Project, key: str) -> dict:
     Image-folder sources (photos in class folders) go through tasks/image_folder.py.
     """
     params = project.params()
-    module = source(key, (params.get("fetch") or {}).get(key))
+    module = source(key, params)
     if is_image_folder(module):
         from tasks.image_folder import prepare_images
 
         return prepare_images(project, key, module, params)
     p = (params.get("prepare") or {}).get(key) or {}
+    s = {**ARRAY_DEFAULTS, **p}
     raw_dir = project.raw_dir(key)
     start = time.perf_counter()
-    loaded = module.load(raw_dir)
-    splits, notes = assign_splits(loaded, float(p.get("validation_percentage", 10)),
-                                  float(p.get("testing_percentage", 10)))
+    loaded = module.load(raw_dir, formats())
+    splits, notes = assign_splits(loaded, float(s["validation_percentage"]), float(s["testing_percentage"]))
     fetched = _fetch_record(raw_dir)
     extra = {
         "dataset": key,
@@ -45,11 +47,22 @@ def prepare(project: Project, key: str) -> dict:
         "params": p,
     }
     with atomic_dir(project.processed_dir(key)) as tmp:
-        manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(p.get("shard_mb", 128)),
-                                 min_shards=int(p.get("min_shards", 1)), workers=workers(params), extra=extra)
+        manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(s["shard_mb"]),
+                                 min_shards=int(s["min_shards"]), workers=workers(params), extra=extra)
     log.info("prepare %s: %s in %.1f s", key,
              {s: v["count"] for s, v in manifest["splits"].items()}, time.perf_counter() - start)
     return manifest
+
+
+def formats():
+    """What an array source's `load(raw_dir, formats)` reads its files with: the IDX and .mat readers
+    and the label conventions (tasks/normalize.py). Handed over, not imported by the source modules,
+    so that fetch@<key> does not depend on them."""
+    from types import SimpleNamespace
+
+    from tasks import emnist_mat, idx, normalize
+
+    return SimpleNamespace(read_idx=idx.read_idx, read_emnist_mat=emnist_mat.read_emnist_mat, normalize=normalize)
 
 
 def assign_splits(loaded: Loaded, validation_percentage: float, testing_percentage: float):

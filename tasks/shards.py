@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.io import write_json
-from tasks.normalize import label_map
+from tasks.labels import label_map
 
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
@@ -253,3 +253,9 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
     # one parse per core, not AUTOTUNE: autotuning left a core idle in some passes (half the images/s)
     ds = ds.map(parse, num_parallel_calls=os.cpu_count() or 1, deterministic=not shuffle)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_split(processed_dir: Path, split: str):
+    """(tf.data.Dataset of (uint8 image, int64 label) in stored order, manifest) for one split."""
+    manifest = load_manifest(processed_dir)
+    return read_split(processed_dir, split, batch_size=1024, manifest=manifest).unbatch(), manifest

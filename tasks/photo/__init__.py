@@ -14,8 +14,14 @@ data_dir, out_dir, init_path)`; what `init` (-> init_path) names decides the mod
 
 Every model takes raw uint8 pixels and applies MobileNet's x/127.5 - 1 inside; augmentation
 (augment.py) runs in the training model only. Batch norm stays frozen (inference mode) unless a
-recipe says `train_bn: true`. Weights are never downloaded. Recipe keys and defaults: train.DEFAULTS.
+recipe says `train_bn: true`. Weights are never downloaded. Recipe keys and defaults: tasks/photo/train.py DEFAULTS.
 """
-from tasks.photo.train import train
+import importlib
 
 __all__ = ["train"]
+
+
+def train(*args, **kwargs):
+    """tasks.photo.train.train, imported on first call: importing tasks.photo.features (features@)
+    must not load the trainer, so that the trainer is no dependency of the features stages."""
+    return importlib.import_module("tasks.photo.train").train(*args, **kwargs)
