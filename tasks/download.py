@@ -32,6 +32,7 @@ import urllib3
 from tqdm import tqdm
 
 from tasks.hashing import sha256_file
+from tasks.sniff import is_html
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,6 @@ def download_options(params: dict) -> dict:
     d = params.get("download") or {}
     return {"retries": int(d.get("retries", 5)), "backoff_s": float(d.get("backoff_s", 1.0)),
             "timeout_s": float(d.get("timeout_s", 60))}
-
-
-def join(base: str, path: str) -> str:
-    """`path` under a mirror or upstream base: a URL, or a local directory."""
-    if "://" in base:
-        return base.rstrip("/") + "/" + path
-    return str(Path(base).expanduser().resolve() / path)
 
 
 def backoff_delay(attempt: int, backoff_s: float) -> float:
@@ -171,11 +165,6 @@ def progress_bar(progress, total, desc):
     show = progress if progress is not None else sys.stderr.isatty()
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc, disable=not show, file=sys.stderr, leave=False)
-
-
-def is_html(head: bytes) -> bool:
-    start = head.lstrip()[:14].lower()
-    return start.startswith(b"<!doctype html") or start.startswith(b"<html")
 
 
 # ---------------------------------------------------------------- content checks

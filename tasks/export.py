@@ -170,6 +170,20 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     return result
 
 
+def bless_evaluation(evaluation_path: Path, metrics_path: Path, gate: dict, baseline_path: Path | None) -> dict:
+    """The one verdict: evaluate@'s numbers (evaluation.json, which carries none) plus `blessed` and
+    `blessing` (min_accuracy, and no regression beyond max_regression from the last blessed model's
+    metrics at `baseline_path`) -> metrics.json, the only file with a `blessed` field."""
+    from tasks.evaluate import bless
+
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    verdict = bless(evaluation, gate, baseline_path if baseline_path and Path(baseline_path).exists() else None)
+    metrics = {**{k: v for k, v in evaluation.items() if k not in ("blessed", "blessing")},
+               "blessed": verdict["blessed"], "blessing": verdict}
+    write_json(Path(metrics_path), metrics)
+    return metrics
+
+
 def promote(files: list, metrics_path: Path | None, current_dir: Path | None) -> bool:
     """Copy `files` and the metrics file to `current_dir` if the metrics say blessed; else leave
     the current model as it is. The copied metrics.json is the next evaluation's blessed baseline."""

@@ -17,13 +17,12 @@ import os
 import shutil
 from pathlib import Path
 
-from tasks import archives, kaggle_api
+from tasks import archives, kaggle_api, mirrors
 from tasks.config import Project, mirror
 from tasks.download import ChecksumError, NotFound, download, download_options, local_path, sha256_file
 from tasks.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
-MIRROR_TOKEN = "$TLPIPE_MIRROR"
 RECORD = "fetch.json"
 WORK_DIRS = (".download", ".extract")
 FETCH_KEYS = ("source", "sha256", "link")   # fetch.<key> of an image-folder dataset (tasks/validate.py)
@@ -87,13 +86,13 @@ def resolve_source(key: str, module, fp: dict, base: str | None, root: Path) -> 
 
 def _mirrored(key: str, base: str, mirror_path: str) -> tuple[dict, str]:
     folder, archive = mirror_path.rstrip("/"), mirror_path.rstrip("/") + ".zip"
-    if "://" in base and not base.startswith("file://"):
-        return {"via": "url", "url": base.rstrip("/") + "/" + archive}, f"{MIRROR_TOKEN}/{archive}"
-    root = local_path(base).expanduser().resolve()
+    if mirrors.is_remote(base):
+        return {"via": "url", "url": mirrors.join(base, archive)}, mirrors.recorded(archive)
+    root = mirrors.local_root(base)
     if (root / folder).is_dir():
-        return {"via": "folder", "path": root / folder}, f"{MIRROR_TOKEN}/{folder}/"
+        return {"via": "folder", "path": root / folder}, mirrors.recorded(folder + "/")
     if (root / archive).is_file():
-        return {"via": "archive", "path": root / archive}, f"{MIRROR_TOKEN}/{archive}"
+        return {"via": "archive", "path": root / archive}, mirrors.recorded(archive)
     raise NotFound(None, str(root / folder), f"{key}: the mirror {base} has neither {folder}/ nor {archive}")
 
 

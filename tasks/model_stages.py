@@ -6,7 +6,6 @@ in train/evaluate/export/report. DVC stages (via `tlpipe`) and Prefect tasks bot
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from tasks.config import Project
@@ -72,7 +71,8 @@ def evaluate_stage(project: Project, key: str) -> dict:
     params = project.params()
     return evaluate(project.root / "models" / key / "model.keras",
                     project.processed_dir(model_params(params, key)["dataset"]),
-                    project.root / "reports" / key, gate(params, key), metrics_file="evaluation.json")
+                    project.root / "reports" / key, gate(params, key), metrics_file="evaluation.json",
+                    verdict=False)  # the one verdict is export@'s, in metrics.json
 
 
 def export_stage(project: Project, key: str) -> dict:
@@ -81,22 +81,17 @@ def export_stage(project: Project, key: str) -> dict:
     The regression half of the gate is checked here, against the last blessed model's metrics in
     models/<key>/current/ (this stage's own persistent output), so no stage reads a later one's.
     """
-    from tasks.evaluate import bless
-    from tasks.export import export
-    from tasks.io import write_json
+    from tasks.export import bless_evaluation, export
 
     params = project.params()
     reports, models = project.root / "reports" / key, project.root / "models" / key
     (models / "current").mkdir(parents=True, exist_ok=True)  # a declared output, even while empty
-    evaluation = json.loads((reports / "evaluation.json").read_text())
-    baseline = models / "current" / "metrics.json"
-    evaluation.update(blessing=bless(evaluation, gate(params, key), baseline if baseline.exists() else None))
-    evaluation["blessed"] = evaluation["blessing"]["blessed"]
-    write_json(reports / "metrics.json", evaluation)
+    metrics = bless_evaluation(reports / "evaluation.json", reports / "metrics.json", gate(params, key),
+                               models / "current" / "metrics.json")
     result = export(models / "model.keras", project.processed_dir(model_params(params, key)["dataset"]),
                     models, params.get("export") or {}, metrics_path=reports / "metrics.json",
                     current_dir=models / "current")
-    return {"model": key, "blessed": evaluation["blessed"], "current": result["current"],
+    return {"model": key, "blessed": metrics["blessed"], "current": result["current"],
             **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
 
 

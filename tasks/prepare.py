@@ -10,11 +10,10 @@ import numpy as np
 from tasks.config import Project, workers
 from tasks.io import atomic_dir
 from tasks.shards import write_dataset
-from tasks.sources import Loaded, is_image_folder, source
-from tasks.splits import carve, shuffle_order
+from tasks.sources import Loaded, fetch_record, is_image_folder, source
+from tasks.splits import SPLITS, carve, shuffle_order
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test")
 # prepare.<key> of an array dataset (MNIST, EMNIST): the one place the defaults live.
 ARRAY_DEFAULTS = {"validation_percentage": 10, "testing_percentage": 10, "shard_mb": 128, "min_shards": 8}
 
@@ -36,7 +35,7 @@ def prepare(project: Project, key: str) -> dict:
     start = time.perf_counter()
     loaded = module.load(raw_dir, formats())
     splits, notes = assign_splits(loaded, float(s["validation_percentage"]), float(s["testing_percentage"]))
-    fetched = _fetch_record(raw_dir)
+    fetched = fetch_record(raw_dir)
     extra = {
         "dataset": key,
         "skipped": fetched.get("skipped", []),
@@ -94,8 +93,3 @@ def assign_splits(loaded: Loaded, validation_percentage: float, testing_percenta
     if not has_test:
         notes.append(f"test: {testing_percentage:g}% of official train by stable hash (no official test split)")
     return out, notes
-
-
-def _fetch_record(raw_dir) -> dict:
-    path = raw_dir / "fetch.json"
-    return json.loads(path.read_text()) if path.exists() else {}

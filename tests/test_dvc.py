@@ -137,7 +137,8 @@ def stale_after(repo, env, files: list[str]) -> set[str]:
 
 FETCH_AND_FORMATS = ["tasks/download.py", "tasks/hashing.py", "tasks/fetch.py", "tasks/remote_zip.py",
                      "tasks/image_fetch.py", "tasks/archives.py", "tasks/kaggle_api.py", "tasks/idx.py",
-                     "tasks/emnist_mat.py", "tasks/normalize.py", "tasks/images.py", "tasks/weights.py"]
+                     "tasks/emnist_mat.py", "tasks/normalize.py", "tasks/images.py", "tasks/weights.py",
+                     "tasks/sniff.py", "tasks/mirrors.py"]
 DIGITS = ("mnist", "emnist")
 
 

@@ -77,5 +77,14 @@ def source(key: str, params: dict | None = None):
                        ) from e
 
 
+def fetch_record(raw_dir) -> dict:
+    """What fetch@<key> recorded beside a dataset's raw files (data/raw/<key>/fetch.json), or {}."""
+    import json
+    from pathlib import Path
+
+    path = Path(raw_dir) / "fetch.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def is_image_folder(module) -> bool:
     return getattr(module, "KIND", None) == IMAGE_FOLDER
