@@ -42,11 +42,15 @@ def source_model(project: Project, params: dict, key: str) -> Path | None:
 def trainer(recipe: dict):
     """The module whose `train(key, params, data_dir, out_dir, init_path)` trains this recipe,
     named by its path in the recipe's `trainer` (a DVC dep of train@): tasks/train.py for the
-    small CNNs, tasks/photo (a package) for the MobileNet recipes."""
+    small CNNs, tasks/photo (a package: its `train` module) for the MobileNet recipes."""
     path = Path(recipe.get("trainer") or DEFAULT_TRAINER)
     if path.parts[:1] != ("tasks",):
         raise ValueError(f"trainer must be a module or package under tasks/, got {str(path)!r}")
-    return importlib.import_module(".".join(path.with_suffix("").parts))
+    name = ".".join(path.with_suffix("").parts)
+    module = importlib.import_module(name)
+    if hasattr(module, "__path__"):  # a package: its train module trains (the package imports nothing)
+        module = importlib.import_module(f"{name}.train")
+    return module
 
 
 def train_stage(project: Project, key: str) -> dict:

@@ -1,7 +1,6 @@
 """prepare@<key>: raw files → normalized arrays → hash splits → sharded TFRecords + manifest."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 

@@ -18,7 +18,6 @@ from keras import layers
 from tasks.fit import HAVE_TENSORBOARD, LiveLogger, learning_rate, prepare_out_dir, read_log, setup
 from tasks.hashing import sha256_file
 from tasks.io import write_json
-from tasks.labels import label_names  # noqa: F401 - the name other code imported from here
 from tasks.seeds import Seeds
 from tasks.shards import load_split
 

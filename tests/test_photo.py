@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.photo import augment, backbones, features
-from tasks.photo import train as photo_train
+from tasks.photo.train import train as photo_train
 from tasks.photo.train import photo_recipe
 from tasks.shards import write_dataset
 from test_train import python_rng_churn
