@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.config import Project  # noqa: E402
 from tasks.fetch import fetch  # noqa: E402
-from tasks.prepare import assign_splits  # noqa: E402
+from tasks.prepare import assign_splits, formats  # noqa: E402
 from tasks.shards import read_split, write_dataset  # noqa: E402
 from tasks.sources import source  # noqa: E402
 
@@ -32,7 +32,7 @@ def prepare_throughput(project: Project, key: str, workers: int) -> dict:
     """Images/s of load + split + encode + write, as `prepare` does it, into a throwaway dir."""
     p = project.params()["prepare"][key]
     start = time.perf_counter()
-    loaded = source(key).load(project.raw_dir(key))
+    loaded = source(key).load(project.raw_dir(key), formats())
     splits, _ = assign_splits(loaded, p["validation_percentage"], p["testing_percentage"])
     with tempfile.TemporaryDirectory() as out:
         manifest = write_dataset(Path(out), splits, loaded.label_names, shard_mb=p["shard_mb"],
@@ -55,7 +55,7 @@ def read_throughput(project: Project, key: str, batch: int = 256) -> dict:
     shards = read_split(project.processed_dir(key), "train", batch_size=batch).prefetch(tf.data.AUTOTUNE)
     n_shards, t_shards = drain(shards)
     start = time.perf_counter()
-    images, labels = source(key).load(project.raw_dir(key)).splits["train"]
+    images, labels = source(key).load(project.raw_dir(key), formats()).splits["train"]
     raw = tf.data.Dataset.from_tensor_slices((images[..., None], labels)).batch(batch).prefetch(tf.data.AUTOTUNE)
     n_raw, t_iter = drain(raw)
     t_raw = time.perf_counter() - start

@@ -33,7 +33,10 @@ def export_task(key: str, root: str) -> dict:
 
 @task(name="report")
 def report_task(root: str) -> str:
-    return model_stages.report_stage(Project(Path(root)))["markdown"]
+    project = Project(Path(root))
+    for key in model_stages.recipes(project.params()):
+        model_stages.report_page_stage(project, key)
+    return model_stages.report_stage(project)["markdown"]
 
 
 @flow(name="tlpipe-model")

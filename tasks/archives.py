@@ -14,7 +14,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tasks.download import ContentError, is_html
+from tasks.download import ContentError
+from tasks.sniff import is_html
 
 CHUNK = 1 << 20
 JUNK_DIRS = {"__MACOSX"}  # resource forks macOS's zip tool adds; never images

@@ -8,7 +8,7 @@
     tlpipe train MODEL        train a model recipe from params.yaml into models/MODEL
     tlpipe evaluate MODEL     test-split metrics, confusion matrix, gate -> reports/MODEL
     tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
-    tlpipe report             reports/README.md and one page per model
+    tlpipe report [MODEL]     a model's page reports/MODEL/README.md; without MODEL the index reports/README.md
     tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow (needs a Prefect server)
@@ -83,8 +83,10 @@ def _model_stage(name):
 
 
 def _report(args):
-    from tasks.model_stages import report_stage
+    from tasks.model_stages import report_page_stage, report_stage
 
+    if args.key:
+        return str(report_page_stage(find_project(), args.key)["page"])
     return str(report_stage(find_project())["index"])
 
 
@@ -138,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{name} a model (a key of params.yaml `models`)")
         p.add_argument("key", help="model key, e.g. emnist_cnn, mnist_transfer_conv")
         p.set_defaults(run=_model_stage(name))
-    sub.add_parser("report", help="write reports/README.md and the model pages").set_defaults(run=_report)
+    p = sub.add_parser("report", help="a model's page (with a key), or reports/README.md, the index")
+    p.add_argument("key", nargs="?", help="model key: write reports/KEY/README.md and its index row")
+    p.set_defaults(run=_report)
     p = sub.add_parser("predict", help="classify images with an exported .tflite model")
     p.add_argument("model", help="a .tflite file (labels.txt beside it)")
     p.add_argument("images", nargs="+")

@@ -28,8 +28,11 @@ class Project:
         return self.root / "data" / "processed" / key
 
     def params(self) -> dict:
+        """params.yaml, validated (tasks/validate.py): an unknown or missing key fails here, before any work."""
+        from tasks.validate import validate
+
         with open(self.params_file, encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
+            return validate(yaml.safe_load(f) or {})
 
 
 def find_project(start: Path | None = None) -> Project:

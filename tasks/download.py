@@ -31,6 +31,9 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from tasks.hashing import sha256_file
+from tasks.sniff import is_html
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -93,13 +96,6 @@ def download_options(params: dict) -> dict:
             "timeout_s": float(d.get("timeout_s", 60))}
 
 
-def join(base: str, path: str) -> str:
-    """`path` under a mirror or upstream base: a URL, or a local directory."""
-    if "://" in base:
-        return base.rstrip("/") + "/" + path
-    return str(Path(base).expanduser().resolve() / path)
-
-
 def backoff_delay(attempt: int, backoff_s: float) -> float:
     """Exponential backoff with full jitter (AWS style): uniform(0, base * 2**attempt)."""
     return random.uniform(0.0, min(MAX_BACKOFF_S, backoff_s * (2**attempt)))
@@ -143,14 +139,6 @@ def check_status(resp: requests.Response, url: str) -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def sha256_file(path, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def local_path(url) -> Path | None:
     """The local path behind `url` (Path, plain path or file:// URL), None for http(s)."""
     if isinstance(url, os.PathLike):
@@ -177,11 +165,6 @@ def progress_bar(progress, total, desc):
     show = progress if progress is not None else sys.stderr.isatty()
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc, disable=not show, file=sys.stderr, leave=False)
-
-
-def is_html(head: bytes) -> bool:
-    start = head.lstrip()[:14].lower()
-    return start.startswith(b"<!doctype html") or start.startswith(b"<html")
 
 
 # ---------------------------------------------------------------- content checks

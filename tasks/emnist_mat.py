@@ -17,6 +17,7 @@ import numpy as np
 import scipy.io
 
 from tasks.io import atomic_file
+from tasks.sniff import describe
 
 __all__ = ["MatFormatError", "read_emnist_mat", "write_emnist_mat", "SPLITS"]
 
@@ -46,17 +47,8 @@ def _sniff(path: Path) -> None:
             path, f"MAT v7.3 (HDF5) files are not supported: {expected}; re-save with save(..., '-v7')"
         )
     if not head.startswith(b"MATLAB"):
-        low = head.lstrip().lower()
-        if low.startswith((b"<!doctype html", b"<html", b"<?xml")):
-            found = "an HTML/XML page"
-        elif head.startswith(b"\x1f\x8b"):
-            found = "a gzip stream"
-        elif head.startswith(b"PK\x03\x04"):
-            found = "a zip archive (extract the .mat member first)"
-        elif not head:
-            found = "an empty file"
-        else:
-            found = "bytes " + head[:8].hex(" ")
+        found = describe(head)
+        found += " (extract the .mat member first)" if found == "a zip archive" else ""
         raise MatFormatError(path, f"not a MAT-file: {expected}, found {found}")
     if len(head) < 128:
         raise MatFormatError(path, f"truncated MAT-file: {expected} with a 128-byte header, found {len(head)} bytes")

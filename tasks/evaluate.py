@@ -162,7 +162,7 @@ def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = No
     """(images uint8 N×H×W×C, labels int64 N, label names) of a split (its first `limit` examples);
     with `with_ids`, the source ids (list of str) come fourth."""
     from tasks.shards import load_manifest, read_split
-    from tasks.train import label_names
+    from tasks.labels import label_names
 
     manifest = load_manifest(processed_dir)
     ds = read_split(processed_dir, split, batch_size=1024, manifest=manifest, with_ids=True)
@@ -178,7 +178,7 @@ def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = No
 
 
 def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
-             *, baseline_path: Path | None = None, metrics_file: str = "metrics.json") -> dict:
+             *, baseline_path: Path | None = None, metrics_file: str = "metrics.json", verdict: bool = True) -> dict:
     """Evaluate `model_path` on the test split of `processed_dir` (validation where there is no test
     split; `split` in the metrics says which); write reports into `out_dir`.
 
@@ -186,7 +186,8 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     the model's own threshold already resolved (see `tasks.model_stages.gate`).
     `baseline_path`: metrics.json of the last blessed model, if any (else `params["baseline"]`).
     `metrics_file`: name of the metrics file in `out_dir` (e.g. "evaluation.json" when the export
-    stage writes the final metrics.json from it).
+    stage writes the final metrics.json from it). `verdict`: add the gate's `blessed` and `blessing`
+    (False in the DVC pipeline: export@ gives the one verdict, in metrics.json).
     """
     import keras
 
@@ -215,8 +216,9 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     }
     by_attribute = attribute_accuracy(y_true, y_pred, names, manifest.get("label_attributes") or {})
     metrics.update({f"{attr}_accuracy": v["accuracy"] for attr, v in by_attribute.items()})
-    gate = bless(metrics, cfg, baseline_path or cfg.get("baseline"))
-    metrics.update(blessed=gate["blessed"], blessing=gate)
+    if verdict:
+        gate = bless(metrics, cfg, baseline_path or cfg.get("baseline"))
+        metrics.update(blessed=gate["blessed"], blessing=gate)
     from tasks.tables import PREDICTIONS, confused_pairs, misclassified_rows, predictions_table, read_table, write_table
 
     write_table(out_dir / PREDICTIONS, predictions_table(ids, split, y_true, names, probs, k))

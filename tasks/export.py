@@ -23,9 +23,9 @@ from tasks.io import write_json
 from tasks.tables import PREDICTIONS, PREDICTIONS_TFLITE
 from tasks.tflite_metadata import add_classifier_metadata
 
-EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
-                   "num_threads": 1, "batch_size": 256, "seed": 0, "metadata": {}}
 METADATA_DEFAULTS = {"author": "tlpipe", "license": "Apache-2.0", "version": ""}
+EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
+                   "num_threads": 1, "batch_size": 256, "seed": 0, "metadata": dict(METADATA_DEFAULTS)}
 
 
 def make_interpreter(model_path: Path, num_threads: int = 1):
@@ -227,6 +227,20 @@ def model_info(model_path: Path, cfg: dict, info: dict | None = None) -> dict:
     name = (info or {}).get("name") or Path(model_path).parent.name
     description = (info or {}).get("description") or f"{name}: image classifier made by tlpipe"
     return {**meta, "name": name, "description": description, "version": str(meta["version"])}
+
+
+def bless_evaluation(evaluation_path: Path, metrics_path: Path, gate: dict, baseline_path: Path | None) -> dict:
+    """The one verdict: evaluate@'s numbers (evaluation.json, which carries none) plus `blessed` and
+    `blessing` (min_accuracy, and no regression beyond max_regression from the last blessed model's
+    metrics at `baseline_path`) -> metrics.json, the only file with a `blessed` field."""
+    from tasks.evaluate import bless
+
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    verdict = bless(evaluation, gate, baseline_path if baseline_path and Path(baseline_path).exists() else None)
+    metrics = {**{k: v for k, v in evaluation.items() if k not in ("blessed", "blessing")},
+               "blessed": verdict["blessed"], "blessing": verdict}
+    write_json(Path(metrics_path), metrics)
+    return metrics
 
 
 def promote(files: list, metrics_path: Path | None, current_dir: Path | None) -> bool:

@@ -6,7 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import Project, mirror
-from tasks.download import NotFound, download, download_options, join
+from tasks.download import NotFound, download, download_options
+from tasks.mirrors import TOKEN, as_recorded, join
 from tasks.io import atomic_dir, write_json
 from tasks.remote_zip import fetch_zip_member
 from tasks.sources import RemoteFile, is_image_folder, source
@@ -21,7 +22,7 @@ def fetch(project: Project, key: str) -> dict:
     """
     params = project.params()
     fetch_params = (params.get("fetch") or {}).get(key) or {}
-    module = source(key, fetch_params)
+    module = source(key, params)
     if is_image_folder(module):
         from tasks.image_fetch import fetch_images
 
@@ -42,7 +43,7 @@ def fetch(project: Project, key: str) -> dict:
                 _clear(tmp)
                 continue
             # the mirror as a token, never as spelled: the same bytes give the same record on any machine
-            record = {"dataset": key, "format": fmt, "mirror": "$TLPIPE_MIRROR" if base else None,
+            record = {"dataset": key, "format": fmt, "mirror": TOKEN if base else None,
                       "unavailable_forms": misses, **record}
             write_json(tmp / "fetch.json", record)
             return record
@@ -82,8 +83,7 @@ def fetch_file(f: RemoteFile, dest: Path, base: str | None, options: dict) -> di
             else:
                 record = download(url, dest, sha256=f.sha256, expect=f.expect, **options)
             # Records name the mirror symbolically, so they are the same on every machine.
-            return {**record, "url": url.replace(join(base, "x")[:-1], "$TLPIPE_MIRROR/") if base else url,
-                    "path": f.name}
+            return {**record, "url": as_recorded(url, base), "path": f.name}
         except NotFound as e:
             errors.append(str(e))
     raise NotFound(404, f.url, f"{f.name}: " + "; ".join(errors))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.io import atomic_file
+from tasks.sniff import describe
 
 __all__ = ["IdxError", "read_idx", "write_idx", "IDX_TYPES"]
 
@@ -43,18 +44,6 @@ class IdxError(ValueError):
     def __init__(self, path, message: str):
         self.path = str(path)
         super().__init__(f"{self.path}: {message}")
-
-
-def _describe_start(head: bytes) -> str:
-    """A short, human description of what a file starts with (for error messages)."""
-    stripped = head.lstrip().lower()
-    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-        return "an HTML/XML page"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive"
-    if not head:
-        return "an empty file"
-    return "bytes " + head[:8].hex(" ")
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -123,7 +112,7 @@ def _read_stream(path: Path, f, want_ndim, max_bytes: int, *, compressed: bool) 
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
         head = magic + _read_exact(f, 60) if len(magic) == 4 else magic
         raise IdxError(
-            path, f"not an IDX file: expected a 4-byte magic 00 00 <type> <ndim>{gz}, found {_describe_start(head)}"
+            path, f"not an IDX file: expected a 4-byte magic 00 00 <type> <ndim>{gz}, found {describe(head)}"
         )
     code, nd = magic[2], magic[3]
     if code not in IDX_TYPES:

@@ -17,24 +17,20 @@ import os
 import shutil
 from pathlib import Path
 
-from tasks import archives, kaggle_api
+from tasks import archives, kaggle_api, mirrors
 from tasks.config import Project, mirror
 from tasks.download import ChecksumError, NotFound, download, download_options, local_path, sha256_file
 from tasks.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
-MIRROR_TOKEN = "$TLPIPE_MIRROR"
 RECORD = "fetch.json"
 WORK_DIRS = (".download", ".extract")
-FETCH_KEYS = {"kind", "source", "sha256", "link"}
+FETCH_KEYS = ("source", "sha256", "link")   # fetch.<key> of an image-folder dataset (tasks/validate.py)
 
 
 def fetch_images(project: Project, key: str, module, params: dict) -> dict:
     """Materialize dataset `key` under data/raw/<key>/; returns the record written to fetch.json."""
     fp = (params.get("fetch") or {}).get(key) or {}
-    unknown = sorted(set(fp) - FETCH_KEYS)
-    if unknown:
-        raise ValueError(f"fetch.{key}: unknown keys {unknown}; known: {sorted(FETCH_KEYS)}")
     where, shown = resolve_source(key, module, fp, mirror(params), project.root)
     pin = _pin(key, fp)
     link = str(fp.get("link", "copy"))
@@ -97,13 +93,13 @@ def resolve_source(key: str, module, fp: dict, base: str | None, root: Path) -> 
 
 def _mirrored(key: str, base: str, mirror_path: str) -> tuple[dict, str]:
     folder, archive = mirror_path.rstrip("/"), mirror_path.rstrip("/") + ".zip"
-    if "://" in base and not base.startswith("file://"):
-        return {"via": "url", "url": base.rstrip("/") + "/" + archive}, f"{MIRROR_TOKEN}/{archive}"
-    root = local_path(base).expanduser().resolve()
+    if mirrors.is_remote(base):
+        return {"via": "url", "url": mirrors.join(base, archive)}, mirrors.recorded(archive)
+    root = mirrors.local_root(base)
     if (root / folder).is_dir():
-        return {"via": "folder", "path": root / folder}, f"{MIRROR_TOKEN}/{folder}/"
+        return {"via": "folder", "path": root / folder}, mirrors.recorded(folder + "/")
     if (root / archive).is_file():
-        return {"via": "archive", "path": root / archive}, f"{MIRROR_TOKEN}/{archive}"
+        return {"via": "archive", "path": root / archive}, mirrors.recorded(archive)
     raise NotFound(None, str(root / folder), f"{key}: the mirror {base} has neither {folder}/ nor {archive}")
 
 

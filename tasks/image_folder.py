@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 import re
 import time
@@ -27,18 +26,19 @@ from pathlib import Path
 
 from tasks.config import Project, workers
 from tasks.images import RESIZE, Options, convert_chunk
-from tasks.io import atomic_dir, write_json
-from tasks.normalize import label_map
-from tasks.shards import LABELS, MANIFEST, example_bytes, ordered_map, split_entry, write_records
-from tasks.splits import carve, shuffle_order
+from tasks.io import atomic_dir
+from tasks.shards import (example_bytes, manifest_head, ordered_map, shard_count, split_entry, write_manifest,
+                          write_records)
+from tasks.sources import fetch_record
+from tasks.splits import SPLITS, carve, shuffle_order
+from tasks.tfds_export import write_readers
 
 log = logging.getLogger(__name__)
 SPLIT_DIRS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
-SPLITS = ("train", "validation", "test")
 CHUNK = 32                       # images per worker task
 RECORD_OVERHEAD = 160            # bytes an Example adds around the JPEG (estimate for shard sizing)
 DEFAULTS = {"image_size": 224, "validation_percentage": 10, "testing_percentage": 10, "min_images_per_class": 2,
-            "max_pixels": 40_000_000, "shard_mb": 128, "min_shards": 1, "jpeg_quality": 95, "resize": "squash"}
+            "max_pixels": 40_000_000, "shard_mb": 64, "min_shards": 4, "jpeg_quality": 95, "resize": "squash"}
 
 
 @dataclass
@@ -54,10 +54,7 @@ class Item:
 
 
 def settings(p: dict, key: str) -> dict:
-    """prepare.<key> with defaults, checked (an unknown key is most likely a typo: an error)."""
-    unknown = sorted(set(p) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"prepare.{key}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    """prepare.<key> over DEFAULTS (the one place they live; unknown keys: tasks/validate.py), checked."""
     s = {**DEFAULTS, **{k: v for k, v in p.items() if v is not None}}
     for name in ("image_size", "min_images_per_class", "max_pixels", "min_shards", "jpeg_quality"):
         s[name] = int(s[name])
@@ -96,7 +93,7 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
         items, csv_skipped, csv_notes = cross_check(root, module.INDEX_CSV, items)
         skipped += csv_skipped
         notes += csv_notes
-    fetched = _fetch_record(root)
+    fetched = fetch_record(root)
     opts = Options(size=s["image_size"], max_pixels=s["max_pixels"], quality=s["jpeg_quality"], resize=s["resize"])
     with atomic_dir(project.processed_dir(key)) as tmp:
         spool = tmp / ".spool"
@@ -112,17 +109,15 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
         entries = write_splits(tmp, spool, splits, label, classes, shape, s["shard_mb"], s["min_shards"])
         spool.unlink()
         manifest = {
-            "num_classes": len(classes),
-            "image_shape": list(shape),
-            "encoding": "jpeg",
-            "labels": label_map(classes),
-            "splits": {split: split_entry([label[i.class_name] for i in members], classes, entries[split])
-                       for split, members in splits.items()},
-            "skipped": [{**e, "stage": "fetch"} for e in fetched.get("skipped", [])] + skipped,
-            "notes": notes + split_notes + [
-                f"images: {stats['passthrough']} stored as they were (baseline RGB JPEG, "
-                f"{s['image_size']}x{s['image_size']}), {stats['reencoded']} converted "
-                f"({s['resize']} resize, JPEG quality {s['jpeg_quality']})"],
+            **manifest_head(
+                classes, list(shape), "jpeg",
+                {split: split_entry([label[i.class_name] for i in members], classes, entries[split])
+                 for split, members in splits.items()},
+                [{**e, "stage": "fetch"} for e in fetched.get("skipped", [])] + skipped,
+                notes + split_notes + [
+                    f"images: {stats['passthrough']} stored as they were (baseline RGB JPEG, "
+                    f"{s['image_size']}x{s['image_size']}), {stats['reencoded']} converted "
+                    f"({s['resize']} resize, JPEG quality {s['jpeg_quality']})"]),
             "dataset": key,
             "kind": "image_folder",
             "classes_skipped": class_skips,
@@ -132,10 +127,7 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
             "source": {k: fetched.get(k) for k in ("kind", "format", "via", "source", "files", "file_count")},
             "params": {k: s[k] for k in sorted(s)},
         }
-        write_json(tmp / LABELS, label_map(classes))
-        write_json(tmp / MANIFEST, manifest)
-        from tasks.prepare import write_readers
-
+        write_manifest(tmp, manifest)
         write_readers(tmp, manifest, key)
     log.info("prepare %s: %s, %d skipped, in %.1f s", key, {k: v["count"] for k, v in manifest["splits"].items()},
              len(manifest["skipped"]), time.perf_counter() - start)
@@ -393,8 +385,7 @@ def write_splits(out_dir: Path, spool: Path, splits: dict[str, list[Item]], labe
     entries = {}
     with open(spool, "rb") as f:
         for split, members in splits.items():
-            size = sum(i.length + RECORD_OVERHEAD for i in members)
-            n = max(1, min(len(members), max(math.ceil(size / (shard_mb * 2**20)), min_shards)))
+            n = shard_count(len(members), sum(i.length + RECORD_OVERHEAD for i in members), shard_mb, min_shards)
             bounds = [len(members) * k // n for k in range(n + 1)]
             entries[split] = []
             for k in range(n):
@@ -409,10 +400,3 @@ def write_splits(out_dir: Path, spool: Path, splits: dict[str, list[Item]], labe
 def _read(f, item: Item) -> bytes:
     f.seek(item.offset)
     return f.read(item.length)
-
-
-def _fetch_record(raw_dir: Path) -> dict:
-    import json
-
-    path = raw_dir / "fetch.json"
-    return json.loads(path.read_text()) if path.exists() else {}

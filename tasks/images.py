@@ -13,7 +13,6 @@ is stored byte for byte (no second lossy encode). Anything else is resized to S 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tasks.hashing import sha256_file
 
 ACCEPTED = ("JPEG", "PNG", "BMP", "GIF", "WEBP")  # JPEG's opener also takes phones' multi-picture (MPO) files
 ORIENTATION = 0x0112
@@ -63,7 +64,7 @@ def convert(path, opts: Options) -> tuple[bytes, dict]:
     except MemoryError:
         raise BadImage("image needs more memory than is available to decode") from None
     # the source file's own bytes: exact duplicates (within and across classes) are found on this
-    return data, {**info, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return data, {**info, "sha256": sha256_file(path)}
 
 
 def _convert_open(im: Image.Image, path: Path, opts: Options) -> tuple[bytes, dict]:

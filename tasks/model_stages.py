@@ -6,7 +6,6 @@ in train/evaluate/export/report. DVC stages (via `tlpipe`) and Prefect tasks bot
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from tasks.config import Project
@@ -15,10 +14,17 @@ RANDOM_INIT = "tasks/models.py"  # `init` of a model trained from scratch: its a
 DEFAULT_TRAINER = "tasks/train.py"
 
 
+def recipes(params: dict) -> dict:
+    """Every model recipe: `models` (train@) and `distill` (distill@, recipes with a teacher), as
+    params.yaml merges them into `all_models` for evaluate@, export@ and the report pages."""
+    merged = {**(params.get("models") or {}), **(params.get("distill") or {})}
+    return params.get("all_models") or merged
+
+
 def model_params(params: dict, key: str) -> dict:
-    models = params.get("models") or {}
+    models = recipes(params)
     if key not in models:
-        raise KeyError(f"no model {key!r} in params.yaml models: {sorted(models)}")
+        raise KeyError(f"no model {key!r} in params.yaml models or distill: {sorted(models)}")
     return models[key]
 
 
@@ -33,29 +39,25 @@ def source_model(project: Project, params: dict, key: str) -> Path | None:
     return path
 
 
-def with_transfer_key(params: dict, key: str) -> dict:
-    """params with models[key].transfer_from derived from its `init` path (for train and reports)."""
-    recipe = dict(model_params(params, key))
-    init = Path(recipe.get("init", RANDOM_INIT))
-    recipe["transfer_from"] = init.parent.name if init.parts[:1] == ("models",) else None
-    return {**params, "models": {**params["models"], key: recipe}}
-
-
 def trainer(recipe: dict):
     """The module whose `train(key, params, data_dir, out_dir, init_path)` trains this recipe,
     named by its path in the recipe's `trainer` (a DVC dep of train@): tasks/train.py for the
-    small CNNs, tasks/photo (a package) for the MobileNet recipes."""
+    small CNNs, tasks/photo (a package: its `train` module) for the MobileNet recipes."""
     path = Path(recipe.get("trainer") or DEFAULT_TRAINER)
     if path.parts[:1] != ("tasks",):
         raise ValueError(f"trainer must be a module or package under tasks/, got {str(path)!r}")
-    return importlib.import_module(".".join(path.with_suffix("").parts))
+    name = ".".join(path.with_suffix("").parts)
+    module = importlib.import_module(name)
+    if hasattr(module, "__path__"):  # a package: its train module trains (the package imports nothing)
+        module = importlib.import_module(f"{name}.train")
+    return module
 
 
 def train_stage(project: Project, key: str) -> dict:
     params = project.params()
     recipe = model_params(params, key)
     extra = {"teacher": project.root / recipe["teacher"]} if recipe.get("teacher") else {}
-    return trainer(recipe).train(key, with_transfer_key(params, key), project.processed_dir(recipe["dataset"]),
+    return trainer(recipe).train(key, {"models": {key: recipe}}, project.processed_dir(recipe["dataset"]),
                                  project.root / "models" / key, source_model(project, params, key), **extra)
 
 
@@ -74,7 +76,8 @@ def evaluate_stage(project: Project, key: str) -> dict:
     params = project.params()
     return evaluate(project.root / "models" / key / "model.keras",
                     project.processed_dir(model_params(params, key)["dataset"]),
-                    project.root / "reports" / key, gate(params, key), metrics_file="evaluation.json")
+                    project.root / "reports" / key, gate(params, key), metrics_file="evaluation.json",
+                    verdict=False)  # the one verdict is export@'s, in metrics.json
 
 
 def export_stage(project: Project, key: str) -> dict:
@@ -83,22 +86,17 @@ def export_stage(project: Project, key: str) -> dict:
     The regression half of the gate is checked here, against the last blessed model's metrics in
     models/<key>/current/ (this stage's own persistent output), so no stage reads a later one's.
     """
-    from tasks.evaluate import bless
-    from tasks.export import export
-    from tasks.io import write_json
+    from tasks.export import bless_evaluation, export
 
     params = project.params()
     reports, models = project.root / "reports" / key, project.root / "models" / key
     (models / "current").mkdir(parents=True, exist_ok=True)  # a declared output, even while empty
-    evaluation = json.loads((reports / "evaluation.json").read_text())
-    baseline = models / "current" / "metrics.json"
-    evaluation.update(blessing=bless(evaluation, gate(params, key), baseline if baseline.exists() else None))
-    evaluation["blessed"] = evaluation["blessing"]["blessed"]
-    write_json(reports / "metrics.json", evaluation)
+    metrics = bless_evaluation(reports / "evaluation.json", reports / "metrics.json", gate(params, key),
+                               models / "current" / "metrics.json")
     result = export(models / "model.keras", project.processed_dir(model_params(params, key)["dataset"]),
                     models, params.get("export") or {}, metrics_path=reports / "metrics.json",
                     current_dir=models / "current", info=model_description(params, key))
-    return {"model": key, "blessed": evaluation["blessed"], "current": result["current"],
+    return {"model": key, "blessed": metrics["blessed"], "current": result["current"],
             **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
 
 
@@ -106,17 +104,25 @@ def model_description(params: dict, key: str) -> dict:
     """name and description of a model for its TFLite metadata, from its recipe."""
     recipe = model_params(params, key)
     start = recipe.get("init", RANDOM_INIT)
-    how = recipe.get("arch") or (params.get("train") or {}).get("arch") if start == RANDOM_INIT else f"from {start}"
+    how = (recipe.get("arch") or "reference_cnn") if start == RANDOM_INIT else f"from {start}"
     return {"name": key, "description": f"{key}: {recipe['dataset']} image classifier ({how}), "
-                                       f"recipe models.{key} of tlpipe's params.yaml"}
+                                       f"recipe {key} of tlpipe's params.yaml"}
+
+
+def report_page_stage(project: Project, key: str) -> dict:
+    """report_page@<key>: the model's page and its row of the index (reports/summaries/<key>.json)."""
+    from tasks.report import write_page
+
+    model_params(project.params(), key)  # an unknown key fails here, not with a missing file
+    return write_page(project.root / "reports", key, models_dir=project.root / "models")
 
 
 def report_stage(project: Project) -> dict:
-    from tasks.report import write_report
+    """report: reports/README.md from every model's page summary, in params order."""
+    from tasks.report import write_index
 
     params = project.params()
-    return write_report(project.root / "reports", list(params.get("models") or {}),
-                        models_dir=project.root / "models")
+    return write_index(project.root / "reports", list(recipes(params)), params.get("report") or {})
 
 
 def predict_images(model: str, images: list[str], top_k: int) -> str:

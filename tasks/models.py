@@ -1,38 +1,15 @@
-"""Model recipes by name, and transfer helpers.
+"""The small CNNs (digits and letters) by name: the architecture code of `init: tasks/models.py`.
 
 Every model takes raw uint8 pixels [H, W, C] and rescales inside (Rescaling(1/255)), so the
 exported TFLite model takes raw pixels too. Layer names are fixed ("conv1", "dense1", "head", ...)
-so `transfer` can find the layers to copy.
+so the digits trainer's `transfer` (tasks/train.py) can find the layers to copy.
 """
 from __future__ import annotations
-
-import itertools
 
 import keras
 from keras import layers
 
-
-class Seeds:
-    """A fixed seed for every random layer, counted up from the recipe seed.
-
-    Layers left unseeded draw their seeds from the process-wide Python RNG, which other threads
-    (Prefect's services, for one) draw from too; that made training nondeterministic under them.
-    """
-
-    def __init__(self, seed: int = 0):
-        self._next = itertools.count(int(seed) * 1000)
-
-    def init(self):
-        return keras.initializers.GlorotUniform(seed=next(self._next))
-
-    def dropout(self, rate: float, name: str):
-        return layers.Dropout(rate, seed=next(self._next), name=name)
-
-    def dense(self, units: int, name: str, **kwargs):
-        return layers.Dense(units, kernel_initializer=self.init(), name=name, **kwargs)
-
-    def conv(self, filters: int, name: str, **kwargs):
-        return layers.Conv2D(filters, 3, kernel_initializer=self.init(), name=name, **kwargs)
+from tasks.seeds import Seeds
 
 
 def reference_cnn(num_classes: int, input_shape=(28, 28, 1), seed: int = 0) -> keras.Model:
@@ -145,54 +122,9 @@ ARCHS = {"reference_cnn": reference_cnn, "bn_cnn": bn_cnn, "bn_cnn2": bn_cnn2,
          "softmax": softmax, "mlp": mlp, "lecture_conv": lecture_conv,
          "lecture_conv_dense": lecture_conv_dense, "lecture_conv_pool_dense": lecture_conv_pool_dense}
 
-FREEZE_CHOICES = ("none", "conv", "conv_dense")
-
 
 def build(arch: str, num_classes: int, input_shape=(28, 28, 1), seed: int = 0) -> keras.Model:
     """A fresh model of recipe `arch` (a key of ARCHS), its random init fixed by `seed`."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch](num_classes, input_shape=input_shape, seed=seed)
-
-
-def _is_conv_part(layer) -> bool:
-    """Layers of the convolutional feature extractor (conv and their batch norms)."""
-    return layer.name.startswith("conv")
-
-
-def _is_first_dense_part(layer) -> bool:
-    return layer.name.startswith("dense1")
-
-
-def _reseeded(seeds: Seeds):
-    """clone_model's clone_function: dropout layers get fixed seeds (a source model saved without
-    them would otherwise draw fresh ones from the shared Python RNG)."""
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, layers.Dropout):
-            config["seed"] = next(seeds._next)
-        return layer.__class__.from_config(config)
-    return clone
-
-
-def transfer(source_model: keras.Model, num_classes: int, freeze: str = "conv", seed: int = 0) -> keras.Model:
-    """A copy of `source_model` with a fresh last layer of `num_classes` outputs.
-
-    All layers except the head are copied (same architecture, same weights); then
-    freeze="none" trains everything (fine-tuning), "conv" freezes the conv layers (variant b),
-    "conv_dense" freezes the conv layers and the first dense layer (variant c).
-    Frozen BatchNorm layers run in inference mode (Keras 3 semantics of trainable=False).
-    """
-    if freeze not in FREEZE_CHOICES:
-        raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {freeze!r}")
-    seeds = Seeds(seed)
-    model = keras.models.clone_model(source_model, clone_function=_reseeded(seeds))
-    model.set_weights(source_model.get_weights())
-    features = model.get_layer("head").input  # what the old head saw
-    outputs = seeds.dense(num_classes, activation="softmax", name="head", dtype="float32")(features)
-    new = keras.Model(model.inputs, outputs, name=f"{source_model.name}_transfer")
-    for layer in new.layers:
-        frozen = (freeze in ("conv", "conv_dense") and _is_conv_part(layer)) or (
-            freeze == "conv_dense" and _is_first_dense_part(layer))
-        layer.trainable = not frozen
-    return new

@@ -9,7 +9,6 @@ __all__ = [
     "emnist_letter_labels",
     "letters_label_names",
     "digit_label_names",
-    "label_map",
 ]
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -66,8 +65,3 @@ def letters_label_names() -> list[str]:
 def digit_label_names() -> list[str]:
     """Class names for MNIST ids 0..9: '0'..'9'."""
     return [str(i) for i in range(10)]
-
-
-def label_map(names) -> dict[str, str]:
-    """The labels.json form: ``{"0": names[0], "1": names[1], ...}`` (string keys, id -> name)."""
-    return {str(i): str(name) for i, name in enumerate(names)}

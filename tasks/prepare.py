@@ -1,7 +1,6 @@
 """prepare@<key>: raw files → normalized arrays → hash splits → sharded TFRecords + manifest."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -10,11 +9,13 @@ import numpy as np
 from tasks.config import Project, workers
 from tasks.io import atomic_dir
 from tasks.shards import write_dataset
-from tasks.sources import Loaded, is_image_folder, source
-from tasks.splits import carve, shuffle_order
+from tasks.sources import Loaded, fetch_record, is_image_folder, source
+from tasks.tfds_export import write_readers
+from tasks.splits import SPLITS, carve, shuffle_order
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test")
+# prepare.<key> of an array dataset (MNIST, EMNIST): the one place the defaults live.
+ARRAY_DEFAULTS = {"validation_percentage": 10, "testing_percentage": 10, "shard_mb": 128, "min_shards": 8}
 
 
 def prepare(project: Project, key: str) -> dict:
@@ -23,18 +24,18 @@ def prepare(project: Project, key: str) -> dict:
     Image-folder sources (photos in class folders) go through tasks/image_folder.py.
     """
     params = project.params()
-    module = source(key, (params.get("fetch") or {}).get(key))
+    module = source(key, params)
     if is_image_folder(module):
         from tasks.image_folder import prepare_images
 
         return prepare_images(project, key, module, params)
     p = (params.get("prepare") or {}).get(key) or {}
+    s = {**ARRAY_DEFAULTS, **p}
     raw_dir = project.raw_dir(key)
     start = time.perf_counter()
-    loaded = module.load(raw_dir)
-    splits, notes = assign_splits(loaded, float(p.get("validation_percentage", 10)),
-                                  float(p.get("testing_percentage", 10)))
-    fetched = _fetch_record(raw_dir)
+    loaded = module.load(raw_dir, formats())
+    splits, notes = assign_splits(loaded, float(s["validation_percentage"]), float(s["testing_percentage"]))
+    fetched = fetch_record(raw_dir)
     extra = {
         "dataset": key,
         "skipped": fetched.get("skipped", []),
@@ -45,22 +46,23 @@ def prepare(project: Project, key: str) -> dict:
         "params": p,
     }
     with atomic_dir(project.processed_dir(key)) as tmp:
-        manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(p.get("shard_mb", 128)),
-                                 min_shards=int(p.get("min_shards", 1)), workers=workers(params), extra=extra)
+        manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(s["shard_mb"]),
+                                 min_shards=int(s["min_shards"]), workers=workers(params), extra=extra)
         write_readers(tmp, manifest, key)
     log.info("prepare %s: %s in %.1f s", key,
              {s: v["count"] for s, v in manifest["splits"].items()}, time.perf_counter() - start)
     return manifest
 
 
-def write_readers(out_dir, manifest: dict, key: str) -> None:
-    """What standard tools read, beside the shards: the example index (Parquet, tasks/tables.py)
-    and TFDS's metadata (tasks/tfds_export.py)."""
-    from tasks.tables import write_index
-    from tasks.tfds_export import write_tfds_metadata
+def formats():
+    """What an array source's `load(raw_dir, formats)` reads its files with: the IDX and .mat readers
+    and the label conventions (tasks/normalize.py). Handed over, not imported by the source modules,
+    so that fetch@<key> does not depend on them."""
+    from types import SimpleNamespace
 
-    write_index(out_dir, manifest)
-    write_tfds_metadata(out_dir, manifest, key)
+    from tasks import emnist_mat, idx, normalize
+
+    return SimpleNamespace(read_idx=idx.read_idx, read_emnist_mat=emnist_mat.read_emnist_mat, normalize=normalize)
 
 
 def assign_splits(loaded: Loaded, validation_percentage: float, testing_percentage: float):
@@ -92,8 +94,3 @@ def assign_splits(loaded: Loaded, validation_percentage: float, testing_percenta
     if not has_test:
         notes.append(f"test: {testing_percentage:g}% of official train by stable hash (no official test split)")
     return out, notes
-
-
-def _fetch_record(raw_dir) -> dict:
-    path = raw_dir / "fetch.json"
-    return json.loads(path.read_text()) if path.exists() else {}

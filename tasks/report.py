@@ -1,16 +1,18 @@
-"""Markdown reports: one page per model (`reports/<model>/README.md`) and an index (`reports/README.md`)
-with the transfer comparison figure and a table of final accuracies.
+"""Markdown reports: one page per model (`reports/<model>/README.md`, stage report_page@<model>) and an
+index (`reports/README.md`, stage report) with a table of final accuracies and the comparison figure
+configured in params.yaml `report.transfer`.
 
-Reads what the other steps wrote: `reports/<model>/metrics.json`, `per_class.json` and PNGs (evaluate,
-export), `models/<model>/history.json` and `train.json` (train).
+A page reads what the model's stages wrote: `reports/<model>/metrics.json`, `per_class.json` and PNGs
+(evaluate, export), `models/<model>/history.json` and `train.json` (train), and leaves its row of the
+index in `reports/summaries/<model>.json`; the index reads only that folder (and params), so adding a
+model adds a page stage and no edit here or in dvc.yaml.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-TRANSFER_KEYS = ("mnist_scratch", "mnist_transfer_conv", "mnist_transfer_conv_dense",
-                 "emnist_cnn", "emnist_from_mnist")
+SUMMARIES = "summaries"   # reports/summaries/<model>.json: a page's row of the index
 
 
 def _load(path: Path, default=None):
@@ -71,8 +73,8 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_transfer(histories: dict, path: Path) -> None:
-    """Validation accuracy per epoch of the transfer variants (MNIST solid, EMNIST dashed), one plot."""
+def plot_transfer(histories: dict, path: Path, title: str = "", dashed=()) -> None:
+    """Validation accuracy per epoch of the compared models (those in `dashed` dashed), one plot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,10 +82,10 @@ def plot_transfer(histories: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, history in histories.items():
         ax.plot([h["epoch"] + 1 for h in history], [h["val_accuracy"] for h in history], marker="o",
-                linestyle="--" if key.startswith("emnist") else "-", label=key)
+                linestyle="--" if key in dashed else "-", label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    ax.set_title("transfer learning: EMNIST letters <-> MNIST digits")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -132,43 +134,76 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(reports_dir: Path, model_keys: list[str], *, models_dir: Path | None = None) -> dict:
-    """Write every model page and the index; returns {"index": path, "markdown": index text}."""
+def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -> dict:
+    """report_page@<key>: the model's page (README.md, curves.png) and its index row
+    (reports/summaries/<key>.json: the row's numbers and the validation curve)."""
+    from tasks.io import write_json
+
     reports_dir = Path(reports_dir)
     models_dir = Path(models_dir) if models_dir else reports_dir.parent / "models"
-    rows, histories, compared = [], {}, []
+    page_dir = reports_dir / key
+    page_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _load(page_dir / "metrics.json", {})
+    train = _load(models_dir / key / "train.json", {})
+    history = _load(models_dir / key / "history.json", [])
+    if history:
+        plot_curves(history, page_dir / "curves.png", key)
+    (page_dir / "README.md").write_text(model_page(key, metrics, train, _load(page_dir / "per_class.json", {})),
+                                        encoding="utf-8")
+    recipe = train.get("recipe", {})
+    summary = {"key": key, "dataset": recipe.get("dataset", "?"), "arch": architecture(recipe),
+               "transfer_from": recipe.get("transfer_from"), "freeze": recipe.get("freeze"),
+               "epochs_run": train.get("epochs_run"), "best_val_accuracy": train.get("best_val_accuracy"),
+               "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
+               "tflite": metrics.get("tflite", {}), "seconds": train.get("fit_seconds"),
+               "blessed": bool(metrics.get("blessed")),
+               "val_accuracy": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history]}
+    (reports_dir / SUMMARIES).mkdir(parents=True, exist_ok=True)
+    write_json(reports_dir / SUMMARIES / f"{key}.json", summary)
+    return {"page": page_dir / "README.md", "summary": summary}
+
+
+def _row(r: dict) -> str:
+    f32, i8 = r["tflite"].get("float32", {}), r["tflite"].get("int8", {})
+    return (f"| [{r['key']}]({r['key']}/README.md) | {r['dataset']} | {r['arch']} | "
+            f"{r['transfer_from'] or '–'} / {r['freeze'] or '–'} | "
+            f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | {_pct(r['best_val_accuracy'])} | "
+            f"{_pct(r['accuracy'])} | {_pct(f32.get('accuracy'))} | {_pct(i8.get('accuracy'))} | "
+            f"{i8.get('bytes', '–')} | {'yes' if r['blessed'] else 'no'} |")
+
+
+def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = None) -> dict:
+    """report: reports/README.md from the pages' rows (reports/summaries/), in `model_keys` order, and
+    the comparison figure of params `report.transfer` ({models, dashed, title, caption}) when it has
+    curves. Returns {"index": path, "markdown": index text}."""
+    reports_dir = Path(reports_dir)
+    config = config or {}
+    rows = []
     for key in model_keys:
-        page_dir = reports_dir / key
-        page_dir.mkdir(parents=True, exist_ok=True)
-        metrics = _load(page_dir / "metrics.json", {})
-        train = _load(models_dir / key / "train.json", {})
-        history = _load(models_dir / key / "history.json", [])
-        if history:
-            plot_curves(history, page_dir / "curves.png", key)
-            histories[key] = history
-        (page_dir / "README.md").write_text(model_page(key, metrics, train, _load(page_dir / "per_class.json", {})),
-                                            encoding="utf-8")
-        recipe, tflite = train.get("recipe", {}), metrics.get("tflite", {})
-        compared.append({"key": key, "dataset": recipe.get("dataset", "?"), "arch": architecture(recipe),
-                         "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
-                         "tflite": tflite, "seconds": train.get("fit_seconds")})
-        rows.append(f"| [{key}]({key}/README.md) | {recipe.get('dataset', '?')} | {architecture(recipe)} | "
-                    f"{recipe.get('transfer_from') or '–'} / {recipe.get('freeze') or '–'} | "
-                    f"{train.get('epochs_run', '–')} | {_pct(train.get('best_val_accuracy'))} | "
-                    f"{_pct(metrics.get('accuracy'))} | {_pct(tflite.get('float32', {}).get('accuracy'))} | "
-                    f"{_pct(tflite.get('int8', {}).get('accuracy'))} | "
-                    f"{tflite.get('int8', {}).get('bytes', '–')} | {'yes' if metrics.get('blessed') else 'no'} |")
+        path = reports_dir / SUMMARIES / f"{key}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no page summary for model {key!r}; run report_page@{key} "
+                                    f"(`tlpipe report {key}`) first")
+        rows.append(json.loads(path.read_text()))
     lines = ["# Model reports", "",
              "| model | dataset | arch | transfer from / frozen | epochs | best val acc | eval acc (Keras) | "
              "float32 TFLite acc | int8 TFLite acc | int8 bytes | blessed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", *side_by_side(compared)]
-    transfer = {k: histories[k] for k in TRANSFER_KEYS if k in histories}
-    if transfer:
-        plot_transfer(transfer, reports_dir / "transfer.png")
-        lines += ["## Transfer learning", "",
-                  "Validation accuracy per epoch: MNIST from scratch vs. conv layers from the EMNIST model "
-                  "frozen (b) vs. conv + first dense frozen (c); dashed: EMNIST letters, from scratch "
-                  "and from MNIST features (the reverse direction).", "", "![transfer](transfer.png)", ""]
+             "|---|---|---|---|---|---|---|---|---|---|---|", *map(_row, rows), "", *side_by_side(rows)]
+    figure = config.get("transfer") or {}
+    curves = {r["key"]: r["val_accuracy"] for r in rows}
+    compared = {k: curves[k] for k in figure.get("models") or [] if curves.get(k)}
+    if compared:
+        plot_transfer(compared, reports_dir / "transfer.png", figure.get("title", ""), tuple(figure.get("dashed") or ()))
+        lines += [f"## {figure.get('heading', 'Transfer learning')}", "", figure.get("caption", ""), "",
+                  "![transfer](transfer.png)", ""]
     text = "\n".join(lines)
     (reports_dir / "README.md").write_text(text, encoding="utf-8")
     return {"index": reports_dir / "README.md", "markdown": text}
+
+
+def write_report(reports_dir: Path, model_keys: list[str], *, models_dir: Path | None = None,
+                 config: dict | None = None) -> dict:
+    """Every model page, then the index (what the report_page@ stages and the report stage do)."""
+    for key in model_keys:
+        write_page(reports_dir, key, models_dir=models_dir)
+    return write_index(reports_dir, model_keys, config)

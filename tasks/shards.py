@@ -7,7 +7,6 @@ depends only on the data, never on the worker count.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.hashing import sha256_file
 from tasks.io import write_json
-from tasks.normalize import label_map
+from tasks.labels import label_map
 
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
@@ -90,7 +90,7 @@ def write_records(path: Path, records) -> dict:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return {"file": path.name, "count": count, "sha256": _sha256(path), "bytes": path.stat().st_size}
+    return {"file": path.name, "count": count, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def encode_chunk(images: np.ndarray) -> list[bytes]:
@@ -128,12 +128,6 @@ def ordered_map(pool, chunks, ahead: int, fn=encode_chunk, args: tuple = ()):
         yield pending.popleft().result()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def num_shards(images: np.ndarray, shard_mb: float, min_shards: int) -> int:
@@ -142,8 +136,14 @@ def num_shards(images: np.ndarray, shard_mb: float, min_shards: int) -> int:
         return 0
     sample = images[:256]
     per_image = sum(len(encode_png(im)) for im in sample) / len(sample) + 120  # + Example overhead
-    by_size = math.ceil(len(images) * per_image / (shard_mb * 2**20))
-    return max(1, min(len(images), max(by_size, min_shards)))
+    return shard_count(len(images), len(images) * per_image, shard_mb, min_shards)
+
+
+def shard_count(items: int, total_bytes: float, shard_mb: float, min_shards: int) -> int:
+    """How many shards a split of `items` records (about `total_bytes`) gets: ~shard_mb each, at
+    least min_shards, never more than one per record (the one formula for arrays and photos)."""
+    by_size = math.ceil(total_bytes / (shard_mb * 2**20))
+    return max(1, min(items, max(by_size, min_shards)))
 
 
 def plan_shards(out_dir: Path, split: str, images, labels, source_ids, label_names,
@@ -173,19 +173,25 @@ def write_dataset(out_dir: Path, splits: dict, label_names: list[str], *, shard_
         jobs += plan_shards(out_dir, split, images, labels, ids, label_names, shard_mb, min_shards)
     entries = [write_shard(job, encoded) for job, encoded in zip(jobs, encoded_images(jobs, workers))]
     first = next(iter(ordered.values()))[0]
-    manifest = {
-        "num_classes": len(label_names),
-        "image_shape": list(first.shape[1:]) + ([1] if first.ndim == 3 else []),
-        "encoding": "png",
-        "labels": label_map(label_names),
-        "splits": {split: split_entry(labels, label_names, [e for e in entries if e["file"].startswith(split + "-")])
-                   for split, (_, labels) in ordered.items()},
-        "skipped": [],
-        "notes": [],
-        **(extra or {}),
-    }
-    write_json(out_dir / LABELS, label_map(label_names))
-    write_json(out_dir / MANIFEST, manifest)
+    manifest = manifest_head(
+        label_names, list(first.shape[1:]) + ([1] if first.ndim == 3 else []), "png",
+        {split: split_entry(labels, label_names, [e for e in entries if e["file"].startswith(split + "-")])
+         for split, (_, labels) in ordered.items()})
+    return write_manifest(out_dir, {**manifest, **(extra or {})})
+
+
+def manifest_head(label_names: list[str], image_shape: list, encoding: str, splits: dict,
+                  skipped: list | None = None, notes: list | None = None) -> dict:
+    """The fields every manifest.json starts with (array datasets and photo folders alike)."""
+    return {"num_classes": len(label_names), "image_shape": list(image_shape), "encoding": encoding,
+            "labels": label_map(label_names), "splits": splits, "skipped": skipped or [], "notes": notes or []}
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> dict:
+    """labels.json and manifest.json of a processed dataset."""
+    labels = manifest["labels"]
+    write_json(Path(out_dir) / LABELS, labels)
+    write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
 
 
@@ -253,3 +259,9 @@ def read_split(processed_dir: Path, split: str, *, batch_size: int | None = None
     # one parse per core, not AUTOTUNE: autotuning left a core idle in some passes (half the images/s)
     ds = ds.map(parse, num_parallel_calls=os.cpu_count() or 1, deterministic=not shuffle)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_split(processed_dir: Path, split: str):
+    """(tf.data.Dataset of (uint8 image, int64 label) in stored order, manifest) for one split."""
+    manifest = load_manifest(processed_dir)
+    return read_split(processed_dir, split, batch_size=1024, manifest=manifest).unbatch(), manifest

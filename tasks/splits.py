@@ -9,6 +9,7 @@ import hashlib
 
 import numpy as np
 
+SPLITS = ("train", "validation", "test")  # the processed splits, in the order they are written
 MAX_PER_CLASS = 2**27 - 1  # retrain.py's MAX_NUM_IMAGES_PER_CLASS: the hash's resolution
 
 

@@ -131,3 +131,4 @@ def misclassified_rows(table, limit: int, pred: str = "keras_pred") -> np.ndarra
     """Row numbers of the first `limit` misclassified examples of a predictions table."""
     wrong = np.flatnonzero(table["label"].to_numpy() != table[pred].to_numpy())
     return wrong[:limit]
+

@@ -104,3 +104,12 @@ def write_tfds_metadata(processed_dir: Path, manifest: dict, key: str) -> list[P
         info.write_to_directory(target)
         written.append(target)
     return written
+
+
+def write_readers(out_dir, manifest: dict, key: str) -> None:
+    """What standard tools read, beside the shards: the example index (Parquet, tasks/tables.py) and TFDS's
+    metadata (here). Both prepare paths (arrays and photo folders) call it."""
+    from tasks.tables import write_index
+
+    write_index(out_dir, manifest)
+    write_tfds_metadata(out_dir, manifest, key)

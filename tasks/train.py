@@ -7,50 +7,50 @@ go to a dvclive dir (`live_dir`, default `out_dir/"dvclive"`) for `dvc plots`.
 """
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
-import shutil
+import importlib
 import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+from keras import layers
 
+from tasks.fit import HAVE_TENSORBOARD, LiveLogger, learning_rate, prepare_out_dir, read_log, setup
+from tasks.hashing import sha256_file
 from tasks.io import write_json
+from tasks.seeds import Seeds
+from tasks.shards import load_split
 
-HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
-
+# The one place the small CNNs' recipe defaults live (a literal: tasks/validate.py reads it without
+# importing TensorFlow); a recipe in params.yaml `models` sets what differs.
 DEFAULTS = {
-    "arch": "reference_cnn", "epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "constant",
-    "augment": False, "seed": 42, "transfer_from": None, "freeze": "none", "patience": 3,
+    "arch": "reference_cnn",  # a name in ARCHS of the `init` module (tasks/models.py)
+    "epochs": 6, "batch_size": 128,
+    "lr": 0.001,              # Adam
+    "schedule": "constant",   # constant | cosine (decays to 1 % over `epochs`)
+    "augment": False,         # false | true | {translate, rotate, zoom} (fractions; see AUGMENT_DEFAULTS)
+    "seed": 42,
+    "transfer_from": None,    # derived from `init`, never set by hand
+    "freeze": "none",         # none | conv | conv_dense (transfer recipes)
+    "patience": 3,            # early stopping on val accuracy
 }
 AUGMENT_DEFAULTS = {"translate": 0.08, "rotate": 0.03, "zoom": 0.08}  # rotate: fraction of a full turn
 
 
 def recipe_for(params: dict, model_key: str) -> dict:
-    """The full recipe of `model_key`: params["models"][key] over params["train"] over DEFAULTS.
-
-    `params` may also be a recipe dict itself (no "models" key).
-    """
+    """The full recipe of `model_key`: params["models"][key] over DEFAULTS, with `transfer_from`
+    derived from its `init`. `params` may also be a recipe dict itself (no "models" key)."""
     if "models" in params:
         if model_key not in params["models"]:
             raise KeyError(f"no model {model_key!r} in params models: {sorted(params['models'])}")
-        return {**DEFAULTS, **(params.get("train") or {}), **params["models"][model_key]}
-    return {**DEFAULTS, **params}
-
-
-def load_split(processed_dir: Path, split: str):
-    """(tf.data.Dataset of (uint8 image, int64 label) in stored order, manifest) for one split."""
-    from tasks.shards import load_manifest, read_split
-
-    manifest = load_manifest(processed_dir)
-    return read_split(processed_dir, split, batch_size=1024, manifest=manifest).unbatch(), manifest
-
-
-def label_names(manifest: dict) -> list[str]:
-    labels = manifest["labels"]
-    return [labels[str(i)] for i in range(len(labels))]
+        given = params["models"][model_key]
+    else:
+        given = params
+    recipe = {**DEFAULTS, **given}
+    if "transfer_from" not in given:
+        init = Path(str(recipe.get("init") or ""))
+        recipe["transfer_from"] = init.parent.name if init.parts[:1] == ("models",) else None
+    return recipe
 
 
 def augmenter(config, seed: int):
@@ -86,85 +86,75 @@ def make_datasets(processed_dir: Path, recipe: dict):
     return train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE), manifest
 
 
-def learning_rate(recipe: dict, steps_per_epoch: int):
-    lr, schedule = float(recipe["lr"]), recipe.get("schedule") or "constant"
-    if schedule == "constant":
-        return lr
-    if schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * int(recipe["epochs"]),
-                                                      alpha=0.01)
-    raise ValueError(f"unknown schedule {schedule!r}; use constant or cosine")
+RANDOM_INIT = "tasks/models.py"
+
+
+def architectures(init: str | None):
+    """The module that builds a random-init recipe's architecture: the recipe's `init` (a .py under
+    tasks/, tasks/models.py by default), imported by name, so that it is a dependency of exactly the
+    recipes that start from it (a transfer recipe starts from a trained model and never runs it)."""
+    path = Path(init or RANDOM_INIT)
+    if path.suffix != ".py" or path.parts[:1] != ("tasks",):
+        raise ValueError(f"init {str(path)!r}: a random-init recipe names its architecture module under tasks/ "
+                         f"(e.g. {RANDOM_INIT}); a transfer recipe a trained models/<key>/model.keras")
+    return importlib.import_module(".".join(path.with_suffix("").parts))
 
 
 def build_model(recipe: dict, manifest: dict, source_model_path: Path | None):
-    from tasks import models
-
     num_classes, shape = manifest["num_classes"], tuple(manifest["image_shape"])
     if recipe.get("transfer_from"):
         if source_model_path is None:
             raise ValueError(f"recipe transfers from {recipe['transfer_from']!r}: pass source_model_path")
         source = keras.models.load_model(source_model_path)
-        return models.transfer(source, num_classes, recipe.get("freeze") or "none", seed=int(recipe["seed"]))
-    return models.build(recipe["arch"], num_classes, input_shape=shape, seed=int(recipe["seed"]))
+        return transfer(source, num_classes, recipe.get("freeze") or "none", seed=int(recipe["seed"]))
+    return architectures(recipe.get("init")).build(recipe["arch"], num_classes, input_shape=shape,
+                                                   seed=int(recipe["seed"]))
 
 
-class LiveLogger(keras.callbacks.Callback):
-    """Per-epoch metrics in dvclive's layout (`plots/metrics/{train,eval}/<name>.tsv`, `metrics.json`).
+FREEZE_CHOICES = ("none", "conv", "conv_dense")
 
-    Written directly rather than through `dvclive.Live`, which needs a git repo with commits and
-    scans the DVC repo on every start; `dvc plots show` reads these files the same way.
-    Appends on a resumed run, so the curves span the whole training.
+
+def _is_conv_part(layer) -> bool:
+    """Layers of the convolutional feature extractor (conv and their batch norms)."""
+    return layer.name.startswith("conv")
+
+
+def _is_first_dense_part(layer) -> bool:
+    return layer.name.startswith("dense1")
+
+
+def _reseeded(seeds: Seeds):
+    """clone_model's clone_function: dropout layers get fixed seeds (a source model saved without
+    them would otherwise draw fresh ones from the shared Python RNG)."""
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, layers.Dropout):
+            config["seed"] = seeds.next_seed()
+        return layer.__class__.from_config(config)
+    return clone
+
+
+def transfer(source_model: keras.Model, num_classes: int, freeze: str = "conv", seed: int = 0) -> keras.Model:
+    """A copy of `source_model` with a fresh last layer of `num_classes` outputs.
+
+    All layers except the head are copied (same architecture, same weights); then
+    freeze="none" trains everything (fine-tuning), "conv" freezes the conv layers (variant b),
+    "conv_dense" freezes the conv layers and the first dense layer (variant c).
+    Frozen BatchNorm layers run in inference mode (Keras 3 semantics of trainable=False).
     """
-
-    def __init__(self, live_dir: Path):
-        super().__init__()
-        self.dir = Path(live_dir)
-
-    def on_epoch_end(self, epoch, logs=None):
-        latest = {"step": epoch}
-        for name, value in (logs or {}).items():
-            if name == "learning_rate":
-                continue
-            split = "eval" if name.startswith("val_") else "train"
-            short = name.removeprefix("val_")
-            path = self.dir / "plots" / "metrics" / split / f"{short}.tsv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            new = not path.exists()
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(f"step\t{short}\n" * new + f"{epoch}\t{float(value)}\n")
-            latest.setdefault(split, {})[short] = float(value)
-        write_json(self.dir / "metrics.json", latest)
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def prepare_out_dir(out_dir: Path, live_dir: Path, recipe: dict) -> bool:
-    """True if `out_dir` holds an unfinished training of this same recipe (to resume); otherwise
-    clear a finished or stale run's backup and logs so the run starts afresh."""
-    backup, stamp = out_dir / "backup", out_dir / "backup.recipe.json"
-    resuming = (backup / "training_metadata.json").exists() and stamp.exists() and \
-        json.loads(stamp.read_text()) == json.loads(json.dumps(recipe))
-    if not resuming:
-        for p in (backup, out_dir / "log.csv", out_dir / "tb", out_dir / "history.json", live_dir):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(stamp, recipe)
-    return resuming
-
-
-def _setup(seed: int, gpus: list):
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    if freeze not in FREEZE_CHOICES:
+        raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {freeze!r}")
+    seeds = Seeds(seed)
+    model = keras.models.clone_model(source_model, clone_function=_reseeded(seeds))
+    model.set_weights(source_model.get_weights())
+    features = model.get_layer("head").input  # what the old head saw
+    outputs = seeds.dense(num_classes, activation="softmax", name="head", dtype="float32")(features)
+    new = keras.Model(model.inputs, outputs, name=f"{source_model.name}_transfer")
+    for layer in new.layers:
+        frozen = (freeze in ("conv", "conv_dense") and _is_conv_part(layer)) or (
+            freeze == "conv_dense" and _is_first_dense_part(layer))
+        layer.trainable = not frozen
+    return new
 
 
 def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_model_path: Path | None = None,
@@ -181,7 +171,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
     backup, log_csv = out_dir / "backup", out_dir / "log.csv"
 
     gpus = tf.config.list_physical_devices("GPU")
-    strategy = _setup(int(recipe["seed"]), gpus)
+    strategy = setup(int(recipe["seed"]), gpus)
     train_ds, val_ds, manifest = make_datasets(data_dir, recipe)
     steps = -(-manifest["splits"]["train"]["count"] // int(recipe["batch_size"]))
     with strategy.scope():
@@ -213,6 +203,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
         "best_val_accuracy": max((r["val_accuracy"] for r in history), default=None),
         "params": int(model.count_params()),
         "trainable_params": int(sum(int(w.numpy().size) for w in model.trainable_weights)),
+        "init_sha256": sha256_file(source_model_path) if recipe.get("transfer_from") and source_model_path else None,
         "gpus": len(gpus), "tensorboard": HAVE_TENSORBOARD,
     }
     write_json(out_dir / "train.json", summary)

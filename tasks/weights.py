@@ -29,8 +29,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tasks.config import Project, mirror
-from tasks.download import ChecksumError, ContentError, NotFound, download, download_options, join
+from tasks.download import ChecksumError, ContentError, NotFound, download, download_options
+from tasks.mirrors import join, recorded
 from tasks.io import atomic_dir, write_json
+from tasks.sniff import describe, is_html
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def _fetch_remote(key: str, entry: dict, out: Path, base: str | None, options: d
             tried.append(f"{location} (skipped: no sha256 pin)")
             continue
         try:
-            return _get(location, out / _basename(path), sha, "$TLPIPE_MIRROR/" + path, source, options)
+            return _get(location, out / _basename(path), sha, recorded(path), source, options)
         except NotFound as e:
             tried.append(f"{location} ({e})")
     raise NotFound(404, url, f"weights.{key}: not found in the mirror {base}; tried: " + "; ".join(tried))
@@ -163,8 +165,7 @@ def check_hdf5(path: Path, source: str) -> None:
             return
     except OSError as e:
         head = path.read_bytes()[:64]
-        what = ("an HTML page (a login page or a proxy error?)" if head.lstrip()[:14].lower().startswith(
-            (b"<!doctype html", b"<html")) else f"bytes starting {head[:16]!r}")
+        what = "an HTML page (a login page or a proxy error?)" if is_html(head) else describe(head)
         raise ContentError(f"{path.name} from {source} is not an HDF5 weights file: got {what} ({e})") from None
 
 

@@ -71,9 +71,14 @@ def tar_tree(root: Path, tar_path: Path) -> Path:
     return tar_path
 
 
-def write_params(root: Path, fetch: dict, prepare: dict, *, workers: int = 1, mirror: str = "") -> Path:
+def write_params(root: Path, fetch: dict, prepare: dict, *, workers: int = 1, mirror: str = "",
+                 datasets: dict | None = None) -> Path:
+    """params.yaml for photo datasets; `datasets` (key -> source module) defaults to each fetch key's
+    own module where there is one (cards, banknotes), else the generic `folder`."""
     root.mkdir(parents=True, exist_ok=True)
-    params = {"mirror": mirror, "runtime": {"workers": workers},
+    sources = Path(__file__).resolve().parents[1] / "tasks" / "sources"
+    datasets = {k: k if (sources / f"{k}.py").exists() else "folder" for k in fetch} if datasets is None else datasets
+    params = {"mirror": mirror, "runtime": {"workers": workers}, "datasets": datasets,
               "download": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10},
               "fetch": fetch, "prepare": prepare}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

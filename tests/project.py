@@ -16,7 +16,7 @@ def write_params(root: Path, *, mirror: str = "", emnist_format: str = "auto", p
     params = {
         "mirror": mirror,
         "runtime": {"workers": 1},
-        "datasets": list(datasets),
+        "datasets": {k: k for k in datasets},
         "download": {"retries": 2, "backoff_s": 0.01, "timeout_s": 10},
         "fetch": {"mnist": {"sha256": pins.get("mnist", {})},
                   "emnist_letters": {"format": emnist_format, "sha256": pins.get("emnist_letters", {})}},

@@ -96,7 +96,7 @@ def test_corrupt_and_non_archives_are_content_errors(tmp_path):
 
 def project_for(tmp_path, source, **fetch_extra):
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"kind": "folder", "source": source, **fetch_extra}}, {"pets": small_prepare()})
+    write_params(root, {"pets": {"source": source, **fetch_extra}}, {"pets": small_prepare()})
     return Project(root)
 
 

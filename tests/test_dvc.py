@@ -1,5 +1,8 @@
-"""`dvc repro` in a temp git repo on tiny fixtures: a second run is a no-op, a param change reruns
-only what reads it."""
+"""dvc.yaml: each stage depends on exactly the code it runs (walked both ways); a change to one layer
+leaves the others up to date (`dvc status` on a committed fixture repo); the pipeline grows from
+params.yaml alone (a folder dataset, a model recipe); `dvc repro` on tiny fixtures is a no-op the second
+time and a param change reruns only what reads it."""
+import json
 import os
 import shutil
 import subprocess
@@ -9,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imports import PLUMBING, REPO, STAGE_ENTRY, code_of, covered
+from photos import class_tree, small_prepare
 from project import write_mirror, write_params
 
-REPO = Path(__file__).resolve().parents[1]
+MODEL_LINE = ("weights", "features", "models", "distill", "all_models", "evaluate", "export", "report")
 
 
 def run(cmd, cwd, env):
@@ -20,25 +25,214 @@ def run(cmd, cwd, env):
     return done.stdout + done.stderr
 
 
-@pytest.fixture
-def dvc_repo(tmp_path):
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def new_repo(tmp_path, params: dict | None = None, params_text: str | None = None):
+    """A git + DVC repo holding this project's dvc.yaml and tasks/, and the given params."""
     if shutil.which("dvc", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("dvc is not installed beside this Python")
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo)
     shutil.copytree(REPO / "tasks", repo / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    pins = write_mirror(tmp_path / "mirror", mat=False, test_images=False)
-    write_params(repo, pins=pins)
-    # dvc.yaml also holds the model line: keep its params so the file parses; the test runs the data stages.
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    model_line = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update({k: model_line[k] for k in ("weights", "features", "train", "models", "evaluate", "export")})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "TLPIPE_MIRROR": str(tmp_path / "mirror"), "DVC_NO_ANALYTICS": "1",
+    if params is not None:
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if params_text is not None:
+        (repo / "params.yaml").write_text(params_text)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         run(cmd, repo, env)
+    return repo, env
+
+
+def stages_of(repo: Path) -> list:
+    dvc_repo = pytest.importorskip("dvc.repo")
+    with dvc_repo.Repo(str(repo)) as r:
+        return list(r.index.stages)
+
+
+# ---------------------------------------------------------------- exact deps, both directions
+
+
+def entries(stage, params: dict) -> list[str]:
+    _, command, *rest = stage.cmd.split()
+    key = rest[0] if rest else ""
+    recipe = (params.get("all_models") or {}).get(key, {})
+    init = str(recipe.get("init", ""))
+    return [e.format(key=key, module=(params.get("datasets") or {}).get(key, key), trainer=recipe.get("trainer", ""),
+                     init=init if init.endswith(".py") else "") for e in STAGE_ENTRY[command]]
+
+
+def test_stages_declare_exactly_the_code_they_run():
+    """A stage reruns when code it runs changes only if that code is a dep, and reruns needlessly when
+    a dep is code it never runs: walk each stage's imports from its entry modules and check that every
+    tasks/ module reached is declared (a file, or a folder holding it) and that every declared tasks/
+    dep is reached (a folder: each .py in it)."""
+    params = repo_params()
+    stages = stages_of(REPO)
+    assert {s.addressing.split("@")[0] for s in stages} >= {"fetch", "prepare", "train", "evaluate", "export",
+                                                            "report_page", "report"}
+    for stage in stages:
+        code = code_of(entries(stage, params))
+        deps = [d.def_path.rstrip("/") for d in stage.deps if d.def_path.startswith("tasks/")]
+        missing = sorted(m for m in code if not covered(m, deps))
+        assert not missing, f"dvc.yaml {stage.addressing}: add {missing} to deps"
+        extra = sorted(d for d in deps if (REPO / d).is_file() and d not in code)
+        extra += sorted(f"{d}/{p.name}" for d in deps if (REPO / d).is_dir()
+                        for p in (REPO / d).glob("*.py") if f"{d}/{p.name}" not in code)
+        assert not extra, f"dvc.yaml {stage.addressing}: {extra} is not code this stage runs; remove it from deps"
+        assert not [d for d in deps if d in PLUMBING], f"{stage.addressing}: plumbing is not a dep"
+
+
+def test_stages_declare_the_params_they_read():
+    """The train stages read their recipe only (defaults live in the trainers' code); the photo ones
+    no longer declare the small CNNs' `train` section; model stages read the merged `all_models`."""
+    for stage in stages_of(REPO):
+        group, _, key = stage.addressing.partition("@")
+        declared = sorted(k for p in stage.deps if hasattr(p, "params") for k in p.params)
+        expected = {"train": [f"models.{key}"], "distill": [f"distill.{key}"],
+                    "evaluate": [f"all_models.{key}.min_accuracy", "evaluate"],
+                    "export": [f"all_models.{key}.min_accuracy", "evaluate.max_regression", "export"],
+                    "report_page": [], "report": ["all_models", "report"],
+                    "fetch": ["download", f"fetch.{key}"], "prepare": [f"prepare.{key}"],
+                    "fetch_weights": ["download", f"weights.{key}"], "features": [f"features.{key}"]}[group]
+        assert declared == sorted(expected), f"{stage.addressing}: params {declared}, expected {expected}"
+
+
+# ---------------------------------------------------------------- what a change invalidates
+
+
+def committed_repo(tmp_path):
+    """This project's DAG in a fixture repo, every stage committed on placeholder outputs: `dvc status`
+    then names exactly the stages whose declared deps or params a change touches."""
+    params = repo_params()
+    repo, env = new_repo(tmp_path, params)
+    for stage in stages_of(repo):
+        for out in stage.outs:
+            path = repo / out.def_path
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"{out.def_path}\n")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "placeholder").write_text(f"{out.def_path}\n")
+    run(["dvc", "commit", "-f", "-q"], repo, env)
+    assert "up to date" in run(["dvc", "status"], repo, env)
+    return repo, env
+
+
+def stale_after(repo, env, files: list[str]) -> set[str]:
+    for f in files:
+        with open(repo / f, "a", encoding="utf-8") as fh:
+            fh.write("\n# touched by tests/test_dvc.py\n")
+    try:
+        return set(json.loads(run(["dvc", "status", "--json"], repo, env)))
+    finally:
+        for f in files:
+            shutil.copy(REPO / f, repo / f)
+
+
+FETCH_AND_FORMATS = ["tasks/download.py", "tasks/hashing.py", "tasks/fetch.py", "tasks/remote_zip.py",
+                     "tasks/image_fetch.py", "tasks/archives.py", "tasks/kaggle_api.py", "tasks/idx.py",
+                     "tasks/emnist_mat.py", "tasks/normalize.py", "tasks/images.py", "tasks/weights.py",
+                     "tasks/sniff.py", "tasks/mirrors.py"]
+DIGITS = ("mnist", "emnist")
+
+
+def test_a_change_to_one_layer_leaves_the_others_up_to_date(tmp_path):
+    repo, env = committed_repo(tmp_path)
+    keys = lambda stages, prefix: {s for s in stages if s.startswith(prefix)}  # noqa: E731
+
+    # the downloader, any fetch or format module: the data line only
+    stale = stale_after(repo, env, [f for f in FETCH_AND_FORMATS if f != "tasks/hashing.py"])
+    assert stale and not {s for s in stale if s.split("@")[0] in ("features", "train", "evaluate", "export")}, stale
+    assert keys(stale, "fetch@") and keys(stale, "prepare@") and keys(stale, "fetch_weights@")
+    # the small CNNs: digit and letter models only, no cards stage
+    stale = stale_after(repo, env, ["tasks/models.py"])
+    assert stale == {f"train@{k}" for k, r in repo_params()["models"].items() if r["init"] == "tasks/models.py"}, stale
+    assert not [s for s in stale if "cards" in s]
+    # the photo trainer: photo models only, no digits stage (and not the features caches either)
+    stale = stale_after(repo, env, ["tasks/photo/train.py", "tasks/photo/heads.py", "tasks/photo/augment.py"])
+    assert stale == ({f"train@{k}" for k, r in repo_params()["models"].items() if r["trainer"] == "tasks/photo"}
+                     | {f"distill@{k}" for k in repo_params()["distill"]}), stale
+    assert not [s for s in stale if s.split("@")[-1].startswith(DIGITS)]
+    # the digits trainer: the digits models only
+    stale = stale_after(repo, env, ["tasks/train.py"])
+    assert stale == {f"train@{k}" for k, r in repo_params()["models"].items() if r["trainer"] == "tasks/train.py"}
+    # evaluation code: evaluate@ and export@ of every model, nothing upstream
+    stale = stale_after(repo, env, ["tasks/evaluate.py"])
+    assert {s.split("@")[0] for s in stale} == {"evaluate", "export"}
+
+
+# ---------------------------------------------------------------- params.yaml alone grows the pipeline
+
+
+def test_a_model_recipe_added_in_params_alone_gets_its_stages_and_the_report_follows(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    recipe = ("  mnist_tiny:  # added by the test\n    dataset: mnist\n    init: tasks/models.py\n"
+              "    trainer: tasks/train.py\n    epochs: 1\n    min_accuracy: 0.5\n")
+    assert "models: &models\n" in text
+    repo, env = new_repo(tmp_path, params_text=text.replace("models: &models\n", "models: &models\n" + recipe, 1))
+    stages = {s.name: s for s in stages_of(repo)}
+    for group in ("train", "evaluate", "export", "report_page"):
+        assert f"{group}@mnist_tiny" in stages
+    train = stages["train@mnist_tiny"]
+    assert {d.def_path for d in train.deps} >= {"data/processed/mnist", "tasks/models.py", "tasks/train.py"}
+    page_outs = {o.def_path for o in stages["report_page@mnist_tiny"].outs}
+    assert "reports/summaries/mnist_tiny.json" in page_outs
+    assert "reports/summaries" in {d.def_path for d in stages["report"].deps}  # the index follows the folder
+    # and nothing else changed: the same stages as before, plus the new model's
+    before = {s.name for s in stages_of(REPO)}
+    assert set(stages) - before == {f"{g}@mnist_tiny" for g in ("train", "evaluate", "export", "report_page")}
+
+
+def test_a_distillation_recipe_is_ordered_after_its_teacher(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    student = ("distill: &distill\n  cards_student:\n    dataset: cards\n    init: data/features/cards_v2_035\n"
+               "    trainer: tasks/photo\n    teacher: models/cards_ours_v2_100/model.keras\n"
+               "    distill_weight: 0.5\n    min_accuracy: 0.5\n")
+    assert "distill: &distill\n" in text
+    repo, env = new_repo(tmp_path, params_text=text.replace("distill: &distill\n", student, 1))
+    stages = {s.name: s for s in stages_of(repo)}
+    assert {"distill@cards_student", "evaluate@cards_student", "export@cards_student"} <= set(stages)
+    assert "distill@cards_distill_v2_035" in stages  # the committed student is still there
+    assert "train@cards_student" not in stages
+    assert "models/cards_ours_v2_100/model.keras" in {d.def_path for d in stages["distill@cards_student"].deps}
+    dag = run(["dvc", "dag", "--dot", "distill@cards_student"], repo, env)
+    assert "train@cards_ours_v2_100" in dag
+
+
+def test_a_folder_dataset_added_in_params_alone_is_built_by_dvc_repro(tmp_path):
+    photos = tmp_path / "trash photos"
+    class_tree(photos, {"glass": 6, "paper": 6, "metal": 6})
+    params = {**{k: v for k, v in repo_params().items() if k in MODEL_LINE},
+              "mirror": "", "runtime": {"workers": 1}, "datasets": {"trash": "folder"},
+              "download": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10},
+              "fetch": {"trash": {"source": str(photos)}}, "prepare": {"trash": small_prepare()}}
+    repo, env = new_repo(tmp_path, params)
+    out = run(["dvc", "repro", "prepare@trash"], repo, env)
+    assert "Running stage 'fetch@trash'" in out and "Running stage 'prepare@trash'" in out
+    manifest = json.loads((repo / "data/processed/trash/manifest.json").read_text())
+    assert manifest["num_classes"] == 3 and sum(s["count"] for s in manifest["splits"].values()) == 18
+    assert not (repo / "tasks/sources/trash.py").exists()
+    assert "up to date" in run(["dvc", "status", "prepare@trash"], repo, env)
+
+
+# ---------------------------------------------------------------- dvc repro on the digits fixtures
+
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    pins = write_mirror(tmp_path / "mirror", mat=False, test_images=False)
+    write_params(tmp_path / "p", pins=pins)
+    params = yaml.safe_load((tmp_path / "p" / "params.yaml").read_text())
+    # dvc.yaml also holds the model line: keep its params so the file parses; the test runs the data stages.
+    params.update({k: v for k, v in repo_params().items() if k in MODEL_LINE})
+    repo, env = new_repo(tmp_path, params)
+    env["TLPIPE_MIRROR"] = str(tmp_path / "mirror")
     return repo, env
 
 
@@ -59,75 +253,3 @@ def test_second_repro_is_a_no_op_and_a_param_change_reruns_only_its_stage(dvc_re
     third = run(["dvc", "repro", "prepare"], repo, env)
     assert "Running stage 'prepare@mnist'" in third
     assert third.count("Running stage") == 1
-
-
-def test_report_stage_lists_every_model():
-    """DVC cannot interpolate a list into deps, so the report stage names each model's files by hand:
-    a model added to params.yaml without them would leave its page out of `dvc repro`'s tracking."""
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
-    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]}
-    for key in yaml.safe_load((REPO / "params.yaml").read_text())["models"]:
-        for dep in (f"reports/{key}/metrics.json", f"reports/{key}/per_class.json", f"models/{key}/train.json",
-                    f"models/{key}/history.json"):
-            assert dep in stage["deps"], f"dvc.yaml report: add {dep}"
-        for out in (f"reports/{key}/README.md", f"reports/{key}/curves.png"):
-            assert out in outs, f"dvc.yaml report: add {out} to outs"
-
-
-# What each `tlpipe` subcommand runs: its entry modules (a trainer from params.yaml for `train`).
-STAGE_ENTRY = {"fetch": ["tasks/fetch.py", "tasks/sources/{key}.py"],
-               "prepare": ["tasks/prepare.py", "tasks/sources/{key}.py"],
-               "fetch-weights": ["tasks/weights.py"], "features": ["tasks/photo/features.py"],
-               "train": ["{trainer}"], "evaluate": ["tasks/evaluate.py"], "export": ["tasks/export.py"],
-               "report": ["tasks/report.py"]}
-# Plumbing that decides where and how files are written (paths, atomic writes, JSON), never what is
-# computed: not declared, so that touching it does not retrain every model.
-PLUMBING = {"tasks/__init__.py", "tasks/config.py", "tasks/io.py", "tasks/cli.py"}
-
-
-def tasks_imports(path: Path) -> set[Path]:
-    """The tasks/ modules a file imports, at module level or inside functions."""
-    import ast
-
-    def module(name):
-        base = REPO / Path(*name.split("."))
-        return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()), None)
-
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tasks":
-            found.add(module(node.module))
-            found.update(module(f"{node.module}.{alias.name}") for alias in node.names)  # submodules
-        elif isinstance(node, ast.Import):
-            found.update(module(a.name) for a in node.names if a.name.split(".")[0] == "tasks")
-    return found - {None}
-
-
-def code_of(entries: list[str]) -> set[str]:
-    """Every tasks/ file reached from the entry files (or folders) by imports."""
-    todo = [p for e in entries for p in ((REPO / e).glob("*.py") if (REPO / e).is_dir() else [REPO / e])]
-    seen = set()
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo.extend(tasks_imports(path) - seen)
-    return {p.relative_to(REPO).as_posix() for p in seen}
-
-
-def test_stages_declare_the_code_they_run():
-    """A stage reruns when code it runs changes only if that code is a dep: walk each stage's imports
-    and check that every tasks/ module reached is declared (a file, or a folder holding it)."""
-    dvc_repo = pytest.importorskip("dvc.repo")
-    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
-    with dvc_repo.Repo(str(REPO)) as repo:
-        stages = list(repo.index.stages)
-    assert stages
-    for stage in stages:
-        _, command, *rest = stage.cmd.split()
-        key = rest[0] if rest else ""
-        entries = [e.format(key=key, trainer=models.get(key, {}).get("trainer", "")) for e in STAGE_ENTRY[command]]
-        deps = [d.def_path.rstrip("/") for d in stage.deps]
-        missing = sorted(m for m in code_of(entries) - PLUMBING
-                         if not any(m == d or m.startswith(d + "/") for d in deps))
-        assert not missing, f"dvc.yaml {stage.addressing}: add {missing} to deps"

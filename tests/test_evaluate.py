@@ -97,7 +97,8 @@ def test_report_pages_and_index(tmp_path):
             {"accuracy": 0.991, "blessed": True, "blessing": {"reason": "ok"},
              "tflite": {k: {"accuracy": 0.99, "agreement": 1.0, "bytes": 1000, "latency_ms": 0.2}
                         for k in ("float32", "int8")}}))
-    out = write_report(reports, ["mnist_scratch", "mnist_transfer_conv"], models_dir=models)
+    out = write_report(reports, ["mnist_scratch", "mnist_transfer_conv"], models_dir=models,
+                       config={"transfer": {"models": ["mnist_scratch", "mnist_transfer_conv"]}})
     assert "99.10 %" in out["markdown"] and "transfer.png" in out["markdown"]
     assert "| mnist_scratch | reference_cnn | test | 99.10 % | 99.00 % | – | 1000 | 1000 | 0.20 |" in out["markdown"]
     assert (reports / "transfer.png").exists() and (reports / "mnist_scratch" / "curves.png").exists()

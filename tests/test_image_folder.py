@@ -1,4 +1,4 @@
-"""Image-folder datasets (cards, banknotes, kind: folder): fetch + prepare on PIL-made photo trees,
+"""Image-folder datasets (cards, banknotes, any `datasets: {key: folder}`): fetch + prepare on PIL-made photo trees,
 with every kind of bad input a real photo folder has."""
 import io
 import json
@@ -194,7 +194,7 @@ def test_hash_splits_use_relative_paths_so_moving_the_dataset_changes_nothing(tm
         src = tmp_path / where / "my photos"
         class_tree(src, {"cat": 6, "dog": 6, "owl": 6})
         root = tmp_path / where / "proj"
-        write_params(root, {"pets": {"kind": "folder", "source": "../my photos"}},
+        write_params(root, {"pets": {"source": "../my photos"}},
                      {"pets": small_prepare(validation_percentage=25, testing_percentage=25, min_shards=2)})
         project = Project(root)
         fetch(project, "pets")
@@ -216,7 +216,7 @@ def test_too_few_classes_after_min_images_is_an_error(tmp_path):
     src = tmp_path / "photos"
     class_tree(src, {"cat": 5, "dog": 2, "owl": 1})
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"kind": "folder", "source": str(src)}},
+    write_params(root, {"pets": {"source": str(src)}},
                  {"pets": small_prepare(min_images_per_class=3)})
     project = Project(root)
     fetch(project, "pets")
@@ -230,17 +230,17 @@ def test_a_class_missing_from_train_is_an_error(tmp_path):
     class_tree(src, {"cat": 3, "dog": 3}, prefix="train")
     class_tree(src, {"cat": 1, "dog": 1, "owl": 2}, prefix="valid")
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"kind": "folder", "source": str(src)}}, {"pets": small_prepare()})
+    write_params(root, {"pets": {"source": str(src)}}, {"pets": small_prepare()})
     project = Project(root)
     fetch(project, "pets")
     with pytest.raises(ValueError, match=r"no usable image in the train split: \['owl'\].*valid/owl"):
         prepare(project, "pets")
 
 
-def test_unknown_key_without_kind_folder_is_a_clear_error(tmp_path):
+def test_unknown_key_without_a_source_module_is_a_clear_error(tmp_path):
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"source": "x"}}, {})
-    with pytest.raises(KeyError, match="kind: folder"):
+    write_params(root, {"pets": {"source": "x"}}, {}, datasets={})
+    with pytest.raises(ValueError, match=r"no module tasks/sources/pets.py .*datasets: \{pets: folder\}"):
         fetch(Project(root), "pets")
 
 
@@ -250,7 +250,7 @@ def test_folder_fetch_records_counts_and_skips_symlinks_and_hardlinks_when_asked
     (src / "cat" / "link.jpg").symlink_to(src / "dog" / "000.jpg")
     (src / ".DS_Store").write_bytes(b"junk")
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"kind": "folder", "source": str(src), "link": "hardlink"}}, {})
+    write_params(root, {"pets": {"source": str(src), "link": "hardlink"}}, {})
     record = fetch(Project(root), "pets")
     assert record["file_count"] == 4 and record["format"] == "folder"
     assert record["skipped"] == [{"file": "cat/link.jpg", "reason": "symbolic link or special file (not copied)"}]
@@ -363,10 +363,9 @@ def test_a_misspelt_prepare_key_is_an_error_not_a_silent_default(tmp_path):
     src = tmp_path / "photos"
     class_tree(src, {"cat": 2, "dog": 2})
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"kind": "folder", "source": str(src)}}, {"pets": {"image_sise": 32}})
-    fetch(Project(root), "pets")
-    with pytest.raises(ValueError, match=r"prepare.pets: unknown keys \['image_sise'\]"):
-        prepare(Project(root), "pets")
+    write_params(root, {"pets": {"source": str(src)}}, {"pets": {"image_sise": 32}})
+    with pytest.raises(ValueError, match=r"prepare.pets: unknown key `image_sise` \(did you mean `image_size`\?\)"):
+        fetch(Project(root), "pets")  # checked before any work, whichever stage runs first
 
 
 def test_exact_duplicates_are_listed_and_conflicting_labels_are_dropped(tmp_path):
@@ -381,7 +380,7 @@ def test_exact_duplicates_are_listed_and_conflicting_labels_are_dropped(tmp_path
     shutil.copy(t / "dog/002.jpg", t / "owl/dog_in_owl.jpg")      # two labels
     shutil.copy(src / "valid/owl/000.jpg", t / "owl/leak.jpg")   # train copy of a valid image
     root = tmp_path / "proj"
-    write_params(root, {"pets": {"kind": "folder", "source": str(src)}}, {"pets": small_prepare()})
+    write_params(root, {"pets": {"source": str(src)}}, {"pets": small_prepare()})
     project = Project(root)
     fetch(project, "pets")
     manifest = prepare(project, "pets")

@@ -6,8 +6,11 @@ import yaml
 from project import write_mirror, write_params
 from tasks.config import Project
 from tasks.fetch import fetch
-from tasks.model_stages import evaluate_stage, export_stage, report_stage, train_stage
+from tasks.model_stages import evaluate_stage, export_stage, report_page_stage, report_stage, train_stage
 from tasks.prepare import prepare
+
+
+SMALL = {"arch": "reference_cnn", "epochs": 1, "batch_size": 16, "seed": 1, "patience": 2}
 
 
 def tiny_project(tmp_path):
@@ -16,11 +19,11 @@ def tiny_project(tmp_path):
     write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update({
-        "train": {"arch": "reference_cnn", "epochs": 1, "batch_size": 16, "seed": 1, "patience": 2},
         "models": {
-            "mnist_scratch": {"dataset": "mnist", "init": "tasks/models.py", "min_accuracy": 0.0},
+            "mnist_scratch": {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py", **SMALL,
+                              "min_accuracy": 0.0},
             "mnist_transfer_conv": {"dataset": "mnist", "init": "models/mnist_scratch/model.keras",
-                                    "freeze": "conv", "min_accuracy": 0.0},
+                                    "trainer": "tasks/train.py", **SMALL, "freeze": "conv", "min_accuracy": 0.0},
         },
         "evaluate": {"top_k": 3, "max_regression": 1.0, "grid": 4, "most_confused": 3},
         "export": {"representative_samples": 16, "latency_runs": 3, "batch_size": 32},
@@ -46,5 +49,7 @@ def test_train_evaluate_export_report_in_dependency_order(tmp_path):
     assert (project.root / "models/mnist_transfer_conv/current/model_int8.tflite").exists()
     train = json.loads((project.root / "models/mnist_transfer_conv/train.json").read_text())
     assert train["recipe"]["transfer_from"] == "mnist_scratch"
+    for key in ("mnist_scratch", "mnist_transfer_conv"):
+        report_page_stage(project, key)
     index = report_stage(project)["markdown"]
     assert "mnist_transfer_conv" in index and (project.root / "reports/mnist_scratch/README.md").exists()

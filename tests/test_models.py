@@ -3,7 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.models import ARCHS, build, transfer
+from tasks.models import ARCHS, build
+from tasks.train import transfer
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tasks.idx import read_idx
+from tasks.labels import label_map
 from tasks.normalize import (
-    LETTERS, digit_label_names, emnist_letter_labels, emnist_upright, label_map, letters_label_names,
+    LETTERS, digit_label_names, emnist_letter_labels, emnist_upright, letters_label_names,
 )
 
 from fixtures import (  # tests/ is on sys.path (conftest.py)

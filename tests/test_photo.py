@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.photo import augment, backbones, features
-from tasks.photo import train as photo_train
+from tasks.photo.train import train as photo_train
 from tasks.photo.train import photo_recipe
 from tasks.shards import write_dataset
 from test_train import python_rng_churn
@@ -271,9 +271,8 @@ def test_study_banknotes_head_on_a_weights_file(data):
 
 
 def test_recipe_defaults_and_cache_head_mismatch(data, tmp_path):
-    params = {"train": {"batch_size": 128, "augment": False}, "photo": {"patience": 5},
-              "models": {"m": {"trainer": "tasks/photo", "head": "study_cards"}}}
-    r = photo_recipe(params, "m")
+    params = {"models": {"m": {"trainer": "tasks/photo", "head": "study_cards", "patience": 5}}}
+    r = photo_recipe(params, "m")  # the recipe over tasks/photo/train.py DEFAULTS, nothing else
     assert (r["batch_size"], r["patience"], r["augment"]["flip"], r["label_smoothing"]) == (32, 5, False, 0.0)
     with pytest.raises(KeyError):
         photo_recipe(params, "nope")

@@ -34,9 +34,9 @@ def photo_project(tmp_path, http_server):
     root = tmp_path / "proj"
     root.mkdir()
     params = {
-        "mirror": "", "runtime": {"workers": 1}, "datasets": ["shapes"],
+        "mirror": "", "runtime": {"workers": 1}, "datasets": {"shapes": "folder"},
         "download": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10},
-        "fetch": {"shapes": {"kind": "folder", "source": f"{http_server.base}/shapes.zip",
+        "fetch": {"shapes": {"source": f"{http_server.base}/shapes.zip",
                              "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}},
         "prepare": {"shapes": small_prepare()},
         "weights": {"tiny": {"arch": "mobilenet_v2", "alpha": 0.35, "url": f"{http_server.base}/tiny.weights.h5",

@@ -59,9 +59,11 @@ class Recorder(keras.callbacks.Callback):
 
 
 def test_recipe_merges_defaults():
-    params = {"train": {"batch_size": 64}, "models": {"m": {"arch": "bn_cnn", "epochs": 2}}}
+    params = {"models": {"m": {"arch": "bn_cnn", "epochs": 2, "init": "tasks/models.py"},
+                         "t": {"init": "models/m/model.keras", "freeze": "conv"}}}
     r = recipe_for(params, "m")
-    assert (r["arch"], r["epochs"], r["batch_size"], r["freeze"]) == ("bn_cnn", 2, 64, "none")
+    assert (r["arch"], r["epochs"], r["batch_size"], r["freeze"], r["transfer_from"]) == ("bn_cnn", 2, 128, "none", None)
+    assert recipe_for(params, "t")["transfer_from"] == "m"
     with pytest.raises(KeyError):
         recipe_for(params, "nope")
 

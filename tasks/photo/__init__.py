@@ -1,7 +1,7 @@
 """MobileNet transfer learning for photo datasets (playing cards, banknotes, any folder dataset).
 
-Recipes with `trainer: tasks/photo` in params.yaml `models` are trained by `train(key, params,
-data_dir, out_dir, init_path)`; what `init` (-> init_path) names decides the mode:
+Recipes with `trainer: tasks/photo` in params.yaml `models` are trained by `tasks.photo.train.train(key,
+params, data_dir, out_dir, init_path)`; what `init` (-> init_path) names decides the mode:
 
 - `data/features/<key>` (a bottleneck cache from `features@<key>`, see features.py): the `ours` head
   (GAP, dropout, softmax) trains on the cached pooled features in seconds; with `fine_tune_epochs`
@@ -14,8 +14,8 @@ data_dir, out_dir, init_path)`; what `init` (-> init_path) names decides the mod
 
 Every model takes raw uint8 pixels and applies MobileNet's x/127.5 - 1 inside; augmentation
 (augment.py) runs in the training model only. Batch norm stays frozen (inference mode) unless a
-recipe says `train_bn: true`. Weights are never downloaded. Recipe keys and defaults: train.DEFAULTS.
-"""
-from tasks.photo.train import train
+recipe says `train_bn: true`. Weights are never downloaded. Recipe keys and defaults: tasks/photo/train.py DEFAULTS.
 
-__all__ = ["train"]
+The package imports nothing itself: `tasks.photo.features` (the features@ stages) must not load the
+trainer. The trainer of a package (`trainer: tasks/photo`) is its `train` module's `train`.
+"""

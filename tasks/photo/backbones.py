@@ -12,7 +12,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from tasks.models import Seeds
+from tasks.hashing import sha256_file
+from tasks.seeds import Seeds
 
 BASES = {
     "mobilenet": lambda **kw: keras.applications.MobileNet(**kw),
@@ -43,8 +44,6 @@ def weights_file(path: Path | str | None) -> Path | None:
 
 
 def sha256(path: Path) -> str:
-    from tasks.download import sha256_file
-
     return sha256_file(path)
 
 
@@ -60,7 +59,7 @@ def reseed(model: keras.Model, seed: int) -> None:
             init, var = getattr(layer, init_name, None), getattr(layer, var_name, None)
             if init is None or var is None or "seed" not in init.get_config():
                 continue
-            fixed = init.__class__.from_config({**init.get_config(), "seed": next(seeds._next)})
+            fixed = init.__class__.from_config({**init.get_config(), "seed": seeds.next_seed()})
             var.assign(fixed(var.shape, var.dtype))
             break
 

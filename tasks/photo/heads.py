@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from tasks.models import Seeds
+from tasks.seeds import Seeds
 
 
 def study_cards(x, num_classes: int, seeds: Seeds, dropout: float = 0.0):

@@ -23,12 +23,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tasks.fit import HAVE_TENSORBOARD, LiveLogger, learning_rate, prepare_out_dir, read_log, setup
 from tasks.io import write_json
-from tasks.models import Seeds
 from tasks.photo import augment as aug
 from tasks.photo import backbones, features, heads
-from tasks.train import (HAVE_TENSORBOARD, LiveLogger, _setup, learning_rate, load_split, prepare_out_dir, read_log,
-                         recipe_for)
+from tasks.seeds import Seeds
+from tasks.shards import load_split
 
 DEFAULTS = {
     "base": None, "alpha": None, "image_size": None,  # from the cache, else mobilenet_v2, 1.0, dataset size
@@ -50,12 +50,13 @@ HEAD_STATE, HEAD_WEIGHTS = "backup.head.json", "backup.head.weights.h5"
 
 
 def photo_recipe(params: dict, model_key: str) -> dict:
-    """The recipe of `model_key` over the `photo:` section over DEFAULTS. The `train:` section holds
-    the small CNNs' defaults (batch 128, no augmentation, ...) and does not apply here."""
+    """The recipe of `model_key` (params["models"][key]) over DEFAULTS, the one place the photo
+    recipes' defaults live. `params` may also be a recipe dict itself (no "models" key)."""
     if "models" not in params:
         return {**DEFAULTS, **params}
-    recipe_for(params, model_key)  # the same KeyError for an unknown key
-    return {**DEFAULTS, **(params.get("photo") or {}), **params["models"][model_key]}
+    if model_key not in params["models"]:
+        raise KeyError(f"no model {model_key!r} in params models: {sorted(params['models'])}")
+    return {**DEFAULTS, **params["models"][model_key]}
 
 
 def resolve(recipe: dict, manifest: dict, init_path: Path | None) -> tuple[dict, dict | None]:
@@ -283,7 +284,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     live_dir = Path(live_dir) if live_dir else out_dir / "dvclive"
     resuming, head_state = prepare(out_dir, live_dir, recipe)
     gpus = tf.config.list_physical_devices("GPU")
-    strategy = _setup(int(recipe["seed"]), gpus)
+    strategy = setup(int(recipe["seed"]), gpus)
     k = manifest["num_classes"]
     one_hot = k if float(recipe["label_smoothing"] or 0) or recipe["teacher"] else None
     if bool(recipe["teacher"]) != (teacher is not None):

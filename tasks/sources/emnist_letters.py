@@ -52,25 +52,23 @@ def _idx_files() -> list[RemoteFile]:
     ]
 
 
-def load(raw_dir: Path) -> Loaded:
-    from tasks.normalize import emnist_letter_labels, emnist_upright, letters_label_names
-
-    raw = _load_mat(raw_dir) if (raw_dir / MAT_FILE).exists() else _load_idx(raw_dir)
-    splits = {split: (emnist_upright(images), emnist_letter_labels(labels))
+def load(raw_dir: Path, formats) -> Loaded:
+    """Upright images and 0..25 labels from the .mat or IDX form (`formats`: tasks.prepare.formats())."""
+    norm = formats.normalize
+    raw = _load_mat(raw_dir, formats) if (raw_dir / MAT_FILE).exists() else _load_idx(raw_dir, formats)
+    splits = {split: (norm.emnist_upright(images), norm.emnist_letter_labels(labels))
               for split, (images, labels) in raw["splits"].items()}
-    return Loaded(splits=splits, label_names=letters_label_names(), source_name="emnist_letters",
+    return Loaded(splits=splits, label_names=norm.letters_label_names(), source_name="emnist_letters",
                   notes=raw["notes"])
 
 
-def _load_mat(raw_dir: Path) -> dict:
-    from tasks.emnist_mat import read_emnist_mat
-
-    mat = read_emnist_mat(raw_dir / MAT_FILE)
+def _load_mat(raw_dir: Path, formats) -> dict:
+    mat = formats.read_emnist_mat(raw_dir / MAT_FILE)
     return {"splits": {"train": mat["train"], "test": mat["test"]}, "notes": [f"read from {MAT_FILE}"]}
 
 
-def _load_idx(raw_dir: Path) -> dict:
-    from tasks.idx import read_idx
+def _load_idx(raw_dir: Path, formats) -> dict:
+    read_idx = formats.read_idx
 
     def pair(split: str):
         images = read_idx(raw_dir / f"emnist-letters-{split}-images-idx3-ubyte.gz")

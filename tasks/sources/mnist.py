@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.idx import read_idx
-from tasks.normalize import digit_label_names
 from tasks.sources import Loaded, RemoteFile
 
 BASE_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
@@ -27,14 +25,15 @@ def file_sets(fetch_params: dict) -> dict[str, list[RemoteFile]]:
     ]}
 
 
-def load(raw_dir: Path) -> Loaded:
+def load(raw_dir: Path, formats) -> Loaded:
+    """The official splits from the IDX files (`formats`: tasks.prepare.formats())."""
     splits = {}
     for split, prefix in SPLIT_FILES.items():
-        images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
-        labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz").astype("int64")
+        images = formats.read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
+        labels = formats.read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz").astype("int64")
         _check_pair(raw_dir, prefix, images, labels)
         splits[split] = (images, labels)
-    return Loaded(splits=splits, label_names=digit_label_names(), source_name="mnist")
+    return Loaded(splits=splits, label_names=formats.normalize.digit_label_names(), source_name="mnist")
 
 
 def _check_pair(raw_dir: Path, prefix: str, images, labels) -> None:

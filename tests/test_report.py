@@ -1,0 +1,62 @@
+"""The report: a page per model leaves its row in reports/summaries/, the index is built from that
+folder in params order, and the comparison figure shows the models params.yaml names."""
+import json
+
+import pytest
+import yaml
+
+from tasks.config import Project
+from tasks.model_stages import report_page_stage, report_stage
+
+
+def fake_model(root, key, dataset, acc, init="tasks/models.py"):
+    """What train@, evaluate@ and export@ leave for a model (enough for its page)."""
+    history = [{"epoch": e, "accuracy": 0.5 + 0.1 * e, "loss": 1.0 - 0.1 * e, "val_accuracy": acc - 0.1 + 0.05 * e,
+                "val_loss": 1.1 - 0.1 * e} for e in range(3)]
+    recipe = {"dataset": dataset, "arch": "reference_cnn", "init": init, "freeze": "none",
+              "transfer_from": init.split("/")[1] if init.startswith("models/") else None}
+    (root / "models" / key).mkdir(parents=True)
+    (root / "models" / key / "history.json").write_text(json.dumps(history))
+    (root / "models" / key / "train.json").write_text(json.dumps({"recipe": recipe, "epochs_run": 3, "fit_seconds": 9.5,
+                                                                 "best_val_accuracy": acc}))
+    (root / "reports" / key).mkdir(parents=True)
+    tflite = {k: {"accuracy": acc, "agreement": 1.0, "bytes": 1000, "latency_ms": 0.5} for k in ("float32", "int8")}
+    (root / "reports" / key / "metrics.json").write_text(json.dumps(
+        {"accuracy": acc, "split": "test", "blessed": acc > 0.9, "blessing": {"reason": "r"}, "tflite": tflite}))
+    (root / "reports" / key / "per_class.json").write_text(json.dumps({"per_class": {}, "most_confused": []}))
+
+
+def project(tmp_path, keys, transfer_models):
+    recipes = {k: {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py", "min_accuracy": 0.5}
+               for k in keys}
+    params = {"models": recipes, "distill": {}, "all_models": recipes,
+              "report": {"transfer": {"models": transfer_models, "dashed": [], "title": "t", "caption": "c"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for i, k in enumerate(keys):
+        fake_model(tmp_path, k, "mnist", 0.95 - 0.01 * i)
+    return Project(tmp_path)
+
+
+def test_a_model_added_in_params_gets_a_page_and_a_row(tmp_path):
+    p = project(tmp_path, ["a_model", "b_model", "new_model"], ["a_model", "new_model"])
+    for key in ("a_model", "b_model", "new_model"):
+        report_page_stage(p, key)
+        assert (tmp_path / "reports" / key / "README.md").exists() and (tmp_path / "reports" / key / "curves.png").exists()
+        assert json.loads((tmp_path / f"reports/summaries/{key}.json").read_text())["key"] == key
+    index = report_stage(p)["markdown"]
+    rows = [line for line in index.splitlines() if line.startswith("| [")]
+    assert [r.split("]")[0][3:] for r in rows] == ["a_model", "b_model", "new_model"]   # params order
+    assert "| [new_model](new_model/README.md) | mnist | reference_cnn |" in index
+    assert (tmp_path / "reports/transfer.png").exists() and "## Transfer learning" in index and "\nc\n" in index
+
+
+def test_the_index_names_a_missing_page_and_skips_the_figure_when_unconfigured(tmp_path):
+    p = project(tmp_path, ["a_model", "b_model"], [])
+    report_page_stage(p, "a_model")
+    with pytest.raises(FileNotFoundError, match=r"summaries/b_model.json: no page summary .* report_page@b_model"):
+        report_stage(p)
+    report_page_stage(p, "b_model")
+    index = report_stage(p)["markdown"]
+    assert "transfer.png" not in index and not (tmp_path / "reports/transfer.png").exists()
+    with pytest.raises(KeyError, match="no model 'nope'"):
+        report_page_stage(p, "nope")
