@@ -82,7 +82,8 @@ STAGE_ENTRY = {"fetch": ["tasks/fetch.py", "tasks/sources/{key}.py"],
                "report": ["tasks/report.py"]}
 # Plumbing that decides where and how files are written (paths, atomic writes, JSON), never what is
 # computed: not declared, so that touching it does not retrain every model.
-PLUMBING = {"tasks/__init__.py", "tasks/config.py", "tasks/io.py", "tasks/cli.py"}
+PLUMBING = {"tasks/__init__.py", "tasks/config.py", "tasks/io.py", "tasks/cli.py",
+            "tasks/parallel.py"}  # where data work runs (processes or Dask), never what it computes
 
 
 def tasks_imports(path: Path) -> set[Path]:
