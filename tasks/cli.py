@@ -12,6 +12,8 @@
     tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow
+    tlpipe deploy [ARGS..]    `prefect --no-prompt deploy ARGS` (default --all) from prefect.yaml,
+                              with a fix for our pins (flows/compat.py)
 """
 from __future__ import annotations
 
@@ -100,6 +102,14 @@ def _serve(args):
     pipeline.serve(name=args.name, cron=args.cron, parameters={"root": str(find_project().root)})
 
 
+def _deploy(args):
+    from flows.compat import deploy
+
+    code = deploy(args.args)
+    if code:
+        raise RuntimeError(f"prefect deploy {' '.join(args.args) or '--all'} exited {code}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="tlpipe-nightly")
     p.add_argument("--cron", default="0 3 * * *")
     p.set_defaults(run=_serve)
+    p = sub.add_parser("deploy", help="create/update prefect.yaml's deployments on the Prefect server",
+                       prefix_chars="\0")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="prefect deploy's arguments (default: --all), "
+                   "e.g. --name tlpipe-data")
+    p.set_defaults(run=_deploy)
     return parser
 
 
