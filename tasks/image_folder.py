@@ -279,7 +279,8 @@ def _results(chunks: list[list[str]], opts: Options, n_workers: int):
             yield from convert_chunk(chunk, opts)
         return
     with parallel.pool(n_workers) as pool:
-        for part in ordered_map(pool, chunks, ahead=4 * n_workers, fn=convert_chunk, args=(opts,)):
+        for part in ordered_map(pool, chunks, ahead=4 * getattr(pool, "width", n_workers), fn=convert_chunk,
+                                  args=(opts,)):
             yield from part
 
 

@@ -115,6 +115,7 @@ class _DaskPool:
 
     def __init__(self, client):
         self.client = client
+        self.width = max(1, sum(client.nthreads().values()))  # the cluster's task slots: chunks in flight
 
     def submit(self, fn, *args):
         return self.client.submit(fn, *args, pure=False)  # pure=False: no hashing of the pixels

@@ -100,8 +100,8 @@ def encoded_images(jobs: list[ShardJob], workers: int, chunk: int = 1024):
     """Yield, per job and in order, an iterator over its PNG bytes.
 
     With workers > 1, chunks are encoded by spawned processes (no TensorFlow in them, so they
-    start fast), or by Dask workers when Dask is asked for, a bounded number ahead of the writer, so encoding and writing overlap and memory
-    stays bounded whatever the dataset size.
+    start fast), or by Dask workers when Dask is asked for, a bounded number ahead of the writer,
+    so encoding and writing overlap and memory stays bounded whatever the dataset size.
     """
     if workers <= 1 and not parallel.distributed():
         for job in jobs:
@@ -109,7 +109,7 @@ def encoded_images(jobs: list[ShardJob], workers: int, chunk: int = 1024):
         return
     with parallel.pool(workers) as pool:  # spawned processes, or Dask (tasks/parallel.py)
         chunks = (job.images[i:i + chunk] for job in jobs for i in range(0, len(job.images), chunk))
-        results = ordered_map(pool, chunks, ahead=4 * workers)
+        results = ordered_map(pool, chunks, ahead=4 * getattr(pool, "width", workers))
         for job in jobs:
             n_chunks = -(-len(job.images) // chunk)
             yield (png for part in islice(results, n_chunks) for png in part)
