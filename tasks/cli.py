@@ -12,6 +12,8 @@
     tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow (needs a Prefect server)
+    tlpipe deploy [ARGS..]    `prefect --no-prompt deploy ARGS` (default --all) from prefect.yaml,
+                              with a fix for our pins (flows/compat.py)
 
     -v/--verbose              also show other libraries' INFO logs (httpx, DVC, ...); WARNING by default
 """
@@ -119,6 +121,14 @@ def _serve(args):
     pipeline.serve(name=args.name, cron=args.cron, parameters={"root": str(find_project().root)})
 
 
+def _deploy(args):
+    from flows.compat import deploy
+
+    code = deploy(args.args)
+    if code:
+        raise RuntimeError(f"prefect deploy {' '.join(args.args) or '--all'} exited {code}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,7 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ephemeral", action="store_true",
                    help="serve even without a Prefect server (a temporary one that stops with this process)")
     p.set_defaults(run=_serve)
-    for p in sub.choices.values():  # `tlpipe pipeline --verbose` as well as `tlpipe --verbose pipeline`
+    p = sub.add_parser("deploy", help="create/update prefect.yaml's deployments on the Prefect server",
+                       prefix_chars="\0")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="prefect deploy's arguments (default: --all), "
+                   "e.g. --name tlpipe-data")
+    p.set_defaults(run=_deploy)
+    for name, p in sub.choices.items():  # `tlpipe pipeline --verbose` as well as `tlpipe --verbose pipeline`
+        if name == "deploy":  # passes every argument on to `prefect deploy`
+            continue
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="show third-party INFO logs too")
     return parser

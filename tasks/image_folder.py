@@ -19,11 +19,10 @@ import os
 import re
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
+from tasks import parallel
 from tasks.config import Project, workers
 from tasks.images import RESIZE, Options, convert_chunk
 from tasks.io import atomic_dir
@@ -268,13 +267,15 @@ def image_stats(items: list[Item]) -> dict:
 
 
 def _results(chunks: list[list[str]], opts: Options, n_workers: int):
-    """Per-file results in input order: in-process for one worker, else a spawned pool (no TF in it)."""
-    if n_workers <= 1 or len(chunks) <= 1:
+    """Per-file results in input order: in-process for one worker, else a spawned pool (no TF in it),
+    or Dask tasks when Dask is asked for (tasks/parallel.py)."""
+    if (n_workers <= 1 and not parallel.distributed()) or len(chunks) <= 1:
         for chunk in chunks:
             yield from convert_chunk(chunk, opts)
         return
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
-        for part in ordered_map(pool, chunks, ahead=4 * n_workers, fn=convert_chunk, args=(opts,)):
+    with parallel.pool(n_workers) as pool:
+        for part in ordered_map(pool, chunks, ahead=4 * getattr(pool, "width", n_workers), fn=convert_chunk,
+                                  args=(opts,)):
             yield from part
 
 

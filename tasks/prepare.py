@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from tasks import parallel
 from tasks.config import Project, workers
 from tasks.io import atomic_dir
 from tasks.shards import write_dataset
@@ -24,6 +25,11 @@ def prepare(project: Project, key: str) -> dict:
     Image-folder sources (photos in class folders) go through tasks/image_folder.py.
     """
     params = project.params()
+    with parallel.scheduler(params, workers(params)):  # Dask when params/env ask for it
+        return _prepare(project, key, params)
+
+
+def _prepare(project: Project, key: str, params: dict) -> dict:
     module = source(key, params)
     if is_image_folder(module):
         from tasks.image_folder import prepare_images

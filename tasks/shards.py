@@ -11,14 +11,13 @@ import io
 import math
 import os
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from tasks import parallel
 from tasks.hashing import sha256_file
 from tasks.io import write_json
 from tasks.labels import label_map
@@ -101,16 +100,16 @@ def encoded_images(jobs: list[ShardJob], workers: int, chunk: int = 1024):
     """Yield, per job and in order, an iterator over its PNG bytes.
 
     With workers > 1, chunks are encoded by spawned processes (no TensorFlow in them, so they
-    start fast) a bounded number ahead of the writer, so encoding and writing overlap and memory
-    stays bounded whatever the dataset size.
+    start fast), or by Dask workers when Dask is asked for, a bounded number ahead of the writer,
+    so encoding and writing overlap and memory stays bounded whatever the dataset size.
     """
-    if workers <= 1:
+    if workers <= 1 and not parallel.distributed():
         for job in jobs:
             yield (encode_png(im) for im in job.images)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with parallel.pool(workers) as pool:  # spawned processes, or Dask (tasks/parallel.py)
         chunks = (job.images[i:i + chunk] for job in jobs for i in range(0, len(job.images), chunk))
-        results = ordered_map(pool, chunks, ahead=4 * workers)
+        results = ordered_map(pool, chunks, ahead=4 * getattr(pool, "width", workers))
         for job in jobs:
             n_chunks = -(-len(job.images) // chunk)
             yield (png for part in islice(results, n_chunks) for png in part)

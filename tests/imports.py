@@ -23,7 +23,8 @@ STAGE_ENTRY = {"fetch": ["tasks/fetch.py", "tasks/sources/{module}.py"],
 # key to paths), never what is computed: not declared, and not walked into, so that touching it does
 # not retrain every model.
 PLUMBING = {"tasks/__init__.py", "tasks/config.py", "tasks/io.py", "tasks/cli.py", "tasks/validate.py",
-            "tasks/model_stages.py"}
+            "tasks/model_stages.py",
+            "tasks/parallel.py"}  # where data work runs (processes or Dask), never what it computes
 
 
 def _module(name: str) -> Path | None:
