@@ -17,7 +17,7 @@ from pathlib import Path
 TASKS = Path(__file__).resolve().parent
 TOP = ("mirror", "runtime", "datasets", "download", "fetch", "prepare", "weights", "features", "models",
        "distill", "all_models", "evaluate", "export", "report")
-RUNTIME = ("workers",)
+RUNTIME = ("workers", "dask")
 DOWNLOAD = ("retries", "backoff_s", "timeout_s")
 ARRAY_FETCH = {"mnist": ("sha256",), "emnist_letters": ("format", "sha256")}
 WEIGHTS = ("arch", "alpha", "url", "sha256", "allow_unpinned", "mirror_alternatives", "file", "file_sha256")
