@@ -34,6 +34,11 @@ def prepare(project: Project, key: str) -> dict:
     loaded = module.load(raw_dir)
     splits, notes = assign_splits(loaded, float(p.get("validation_percentage", 10)),
                                   float(p.get("testing_percentage", 10)))
+    if "validation" not in splits:
+        raise ValueError(f"{raw_dir}: the validation split is empty (splits: "
+                         f"{ {k: len(v[1]) for k, v in splits.items()} }; validation_percentage="
+                         f"{p.get('validation_percentage', 10)}): training needs one; raise "
+                         f"prepare.{key}.validation_percentage")
     fetched = _fetch_record(raw_dir)
     extra = {
         "dataset": key,

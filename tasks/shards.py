@@ -87,10 +87,35 @@ def write_records(path: Path, records) -> dict:
                 writer.write(record)
                 count += 1
         os.replace(tmp, path)
+    except tf.errors.OpError as e:  # e.g. ResourceExhaustedError when the disk is full
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"{path}: could not write the shard ({type(e).__name__}: {e.message}); "
+                      f"free disk space on {path.parent} (or fix what the error says) and rerun") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return {"file": path.name, "count": count, "sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: exit as soon as the parent process is gone (a killed `prepare` must not
+    leave its workers, and through them the resource tracker, running). A daemon thread polls the
+    parent pid (Linux's PR_SET_PDEATHSIG would fire when the spawning *thread* ends, too early)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes (no TensorFlow in them: fast start) that die with this one."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
 
 
 def encode_chunk(images: np.ndarray) -> list[bytes]:
@@ -108,7 +133,7 @@ def encoded_images(jobs: list[ShardJob], workers: int, chunk: int = 1024):
         for job in jobs:
             yield (encode_png(im) for im in job.images)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:
         chunks = (job.images[i:i + chunk] for job in jobs for i in range(0, len(job.images), chunk))
         results = ordered_map(pool, chunks, ahead=4 * workers)
         for job in jobs:
