@@ -412,8 +412,9 @@ def prepare_out_dir(out_dir: Path, live_dir: Path, recipe: dict) -> bool:
     except ValueError:
         same = False
     resuming = has_backup(backup) and same
-    for p in out_dir.glob(".*.tmp-*") if out_dir.is_dir() else ():  # a write a kill interrupted
-        p.unlink(missing_ok=True)
+    for d in (out_dir, live_dir):
+        for p in d.glob(".*.tmp-*") if d.is_dir() else ():  # a write that a kill interrupted
+            p.unlink(missing_ok=True)
     if not resuming:
         for p in (backup, out_dir / "log.csv", out_dir / "tb", out_dir / "history.json", live_dir):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
