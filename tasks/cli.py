@@ -16,15 +16,22 @@
                               with a fix for our pins (flows/compat.py)
 
     -v/--verbose              also show other libraries' INFO logs (httpx, DVC, ...); WARNING by default
+
+An error prints one line (what failed, the file, what to do) and exits 1; `--traceback` (anywhere
+on the line) or TLPIPE_TRACEBACK=1 shows the stack instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 from tasks.config import find_project
+
+
+EXPECTED = (OSError, ValueError, KeyError, RuntimeError)  # bad input, failed download, locked output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,15 +41,47 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("tasks", "flows"):
         logging.getLogger(name).setLevel(logging.INFO)
+    show_stack = getattr(args, "traceback", False) or os.environ.get("TLPIPE_TRACEBACK", "") not in ("", "0")
     try:
         result = args.run(args)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        # Expected failures (bad input, failed download) get one clear line, not a traceback.
-        print(f"tlpipe {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if show_stack:
+            raise
+        print(f"tlpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line unless asked for the stack
+        if show_stack:
+            raise
+        print(f"tlpipe {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 1
     if result is not None:
         print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
     return 0
+
+
+def error_line(e: BaseException) -> str:
+    """One line for an error: its message (a KeyError's without the quotes); TensorFlow's own errors
+    by their short message; anything unexpected also by type, with where to see the stack."""
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]
+    else:
+        text = str(getattr(e, "message", None) or e) or type(e).__name__
+    text = " ".join(text.split())  # one line
+    if not isinstance(e, EXPECTED) and not _is_tf_error(e):
+        text = f"{type(e).__name__}: {text} (an unexpected error: rerun with --traceback for the stack)"
+    return text
+
+
+def _is_tf_error(e: BaseException) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(e, tf.errors.OpError)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _fetch(args):
@@ -93,9 +132,17 @@ def _report(args):
 
 
 def _predict(args):
-    from tasks.model_stages import predict_images
+    from pathlib import Path
 
-    return predict_images(args.model, args.images, args.top_k)
+    from tasks.predict import format_predictions, predict
+
+    results = predict(Path(args.model), [Path(i) for i in args.images], top_k=args.top_k)
+    print(format_predictions(results), flush=True)  # the good images' results, also when some failed
+    failed = [r for r in results if "error" in r]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} images could not be classified: "
+                           + "; ".join(f"{r['image']}: {r['error']}" for r in failed))
+    return None
 
 
 def _pipeline(args):
@@ -129,10 +176,25 @@ def _deploy(args):
         raise RuntimeError(f"prefect deploy {' '.join(args.args) or '--all'} exited {code}")
 
 
+class _SubParsers(argparse._SubParsersAction):
+    """Every subcommand also takes --traceback (SUPPRESS: an absent one keeps the top-level value)."""
+
+    def add_parser(self, name, **kwargs):
+        p = super().add_parser(name, **kwargs)
+        if kwargs.get("prefix_chars", "-") != "-":  # `deploy` hands every argument to prefect
+            return p
+        p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, show the Python stack instead of one line")
+        return p
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="show third-party INFO logs too")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the Python stack instead of one line (or TLPIPE_TRACEBACK=1)")
+    parser.register("action", "parsers", _SubParsers)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, run, help_ in (("fetch", _fetch, "fetch a dataset's files"),
                              ("prepare", _prepare, "build a dataset's TFRecord shards")):
@@ -156,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with an exported .tflite model")
     p.add_argument("model", help="a .tflite file (labels.txt beside it)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=_positive, default=3, help="labels to show per image (>= 1)")
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
     p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "

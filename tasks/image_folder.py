@@ -103,6 +103,7 @@ def prepare_images(project: Project, key: str, module, params: dict) -> dict:
         stats = image_stats(kept)
         splits, split_notes = assign_splits(kept, own_splits, s["validation_percentage"], s["testing_percentage"])
         check_train_covers(splits, classes, root)
+        check_validation(splits, root, s["validation_percentage"])
         label = {name: k for k, name in enumerate(classes)}
         shape = (s["image_size"], s["image_size"], 3)
         entries = write_splits(tmp, spool, splits, label, classes, shape, s["shard_mb"], s["min_shards"])
@@ -173,20 +174,44 @@ def scan(root: Path) -> tuple[list[Item], bool, list[str], list[dict]]:
     return items, bool(own), notes, skipped
 
 
+def shown_name(rel: str) -> str:
+    """A path as it can be written to JSON and shown: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) appear as \\xNN."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(rel: str) -> bool:
+    try:
+        rel.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+NOT_UTF8 = ("file name is not valid UTF-8 (shown with \\xNN escapes); rename it to UTF-8 "
+            "(e.g. `convmv -f latin1 -t utf8`) to include it")
+
+
 def _scan_classes(root: Path, base: Path, split: str | None, skipped: list[dict]) -> list[Item]:
+    """Files under each class folder of `base`, in a fixed order. A name that is not valid UTF-8 (a
+    file's, or its class folder's) cannot become a source id or a label: skipped with the reason."""
     items = []
     if split:
         for p in sorted(base.iterdir()):
             if p.is_file() and _visible(p):
-                skipped.append({"file": p.relative_to(root).as_posix(), "reason": "not inside a class folder"})
+                skipped.append({"file": shown_name(p.relative_to(root).as_posix()),
+                                "reason": "not inside a class folder"})
     for class_dir in _subdirs(base):
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
-                path = Path(dirpath) / name
-                items.append(Item(path.relative_to(root).as_posix(), class_dir.name, split))
+                rel = (Path(dirpath) / name).relative_to(root).as_posix()
+                if not is_utf8(rel):
+                    skipped.append({"file": shown_name(rel), "reason": NOT_UTF8})
+                    continue
+                items.append(Item(rel, class_dir.name, split))
     return items
 
 
@@ -375,6 +400,16 @@ def check_train_covers(splits: dict[str, list[Item]], classes: list[str], root: 
                         if i.class_name in missing})
         raise ValueError(f"{root}: classes with no usable image in the train split: {missing} "
                          f"(found only in {where}); add train images or remove those folders")
+
+
+def check_validation(splits: dict[str, list[Item]], root: Path, validation_percentage: float) -> None:
+    """Training picks its best epoch on the validation split: refuse a dataset without one here, not
+    after the shards are written and a training has started."""
+    if not splits.get("validation"):
+        counts = {s: len(m) for s, m in splits.items()}
+        raise ValueError(f"{root}: the validation split is empty (usable images per split: {counts}; "
+                         f"validation_percentage={validation_percentage:g}): add images (a valid/ folder, or "
+                         f"more per class) or raise prepare.<key>.validation_percentage")
 
 
 # ---------------------------------------------------------------- writing

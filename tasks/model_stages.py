@@ -54,11 +54,29 @@ def trainer(recipe: dict):
 
 
 def train_stage(project: Project, key: str) -> dict:
+    """Train `key` into models/<key>/, holding that folder's lock (a second training of the same model
+    at once is refused, naming the first one's PID)."""
+    from tasks.io import output_lock
+
     params = project.params()
     recipe = model_params(params, key)
     extra = {"teacher": project.root / recipe["teacher"]} if recipe.get("teacher") else {}
-    return trainer(recipe).train(key, {"models": {key: recipe}}, project.processed_dir(recipe["dataset"]),
-                                 project.root / "models" / key, source_model(project, params, key), **extra)
+    with output_lock(project.root / "models" / key):
+        return trainer(recipe).train(key, {"models": {key: recipe}}, project.processed_dir(recipe["dataset"]),
+                                     project.root / "models" / key, source_model(project, params, key), **extra)
+
+
+def require_model(path: Path, key: str) -> Path:
+    """`path` if it looks like a saved Keras model (a non-empty zip); else an error that says what is
+    wrong with it and how to get a good one (Keras would say "File not found" for an empty file)."""
+    import zipfile
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained model; run `tlpipe train {key}` (or `dvc repro`) first")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        what = "empty (0 bytes)" if path.stat().st_size == 0 else "not a .keras zip (truncated or damaged)"
+        raise ValueError(f"{path}: the model file is {what}; retrain it with `tlpipe train {key}`")
+    return path
 
 
 def gate(params: dict, key: str) -> dict:
@@ -74,7 +92,7 @@ def evaluate_stage(project: Project, key: str) -> dict:
     from tasks.evaluate import evaluate
 
     params = project.params()
-    return evaluate(project.root / "models" / key / "model.keras",
+    return evaluate(require_model(project.root / "models" / key / "model.keras", key),
                     project.processed_dir(model_params(params, key)["dataset"]),
                     project.root / "reports" / key, gate(params, key), metrics_file="evaluation.json",
                     verdict=False)  # the one verdict is export@'s, in metrics.json
@@ -90,6 +108,7 @@ def export_stage(project: Project, key: str) -> dict:
 
     params = project.params()
     reports, models = project.root / "reports" / key, project.root / "models" / key
+    require_model(models / "model.keras", key)
     (models / "current").mkdir(parents=True, exist_ok=True)  # a declared output, even while empty
     metrics = bless_evaluation(reports / "evaluation.json", reports / "metrics.json", gate(params, key),
                                models / "current" / "metrics.json")

@@ -150,5 +150,26 @@ def pool(n_workers: int):
     if multiprocessing.current_process().daemon:
         yield _InlinePool()
         return
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as p:
+    with worker_pool(n_workers) as p:
         yield p
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: exit as soon as the parent process is gone (a killed `prepare` must not
+    leave its workers, and through them the resource tracker, running). A daemon thread polls the
+    parent pid (Linux's PR_SET_PDEATHSIG would fire when the spawning *thread* ends, too early)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes (no TensorFlow in them: fast start) that die with this one."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))

@@ -42,6 +42,11 @@ def _prepare(project: Project, key: str, params: dict) -> dict:
     loaded = module.load(raw_dir, formats())
     splits, notes = assign_splits(loaded, float(s["validation_percentage"]), float(s["testing_percentage"]))
     fetched = fetch_record(raw_dir)
+    if "validation" not in splits:
+        raise ValueError(f"{raw_dir}: the validation split is empty (splits: "
+                         f"{ {k: len(v[1]) for k, v in splits.items()} }; validation_percentage="
+                         f"{s['validation_percentage']}): training needs one; raise "
+                         f"prepare.{key}.validation_percentage")
     extra = {
         "dataset": key,
         "skipped": fetched.get("skipped", []),

@@ -86,6 +86,10 @@ def write_records(path: Path, records) -> dict:
                 writer.write(record)
                 count += 1
         os.replace(tmp, path)
+    except tf.errors.OpError as e:  # e.g. ResourceExhaustedError when the disk is full
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"{path}: could not write the shard ({type(e).__name__}: {e.message}); "
+                      f"free disk space on {path.parent} (or fix what the error says) and rerun") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -4,10 +4,18 @@ Outputs in `out_dir` (models/<key>/): `model.keras` (best val accuracy), `histor
 across resumes), `train.json` (recipe and summary), `log.csv`, `tb/` (TensorBoard), `backup/` (only
 while a training is unfinished: a rerun resumes from the last finished epoch). Per-epoch metrics also
 go to a dvclive dir (`live_dir`, default `out_dir/"dvclive"`) for `dvc plots`.
+
+Crash safety (both trainers; `tasks/photo/train.py` uses the same pieces): every file is written to a
+temp name and renamed (`model.keras`, the backup's weights and metadata, `history.json`,
+`train.json`); an epoch is committed to the backup only after its model, log row and curves are
+written, so a kill at any moment loses at most the epoch in progress; the backup keeps the previous
+epoch's state too and falls back to it when the latest is unreadable (`CrashSafeBackup`); the backup
+is deleted only after the model it leaves behind has been loaded back (`finish`).
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from pathlib import Path
 
@@ -15,7 +23,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from tasks.fit import HAVE_TENSORBOARD, LiveLogger, learning_rate, prepare_out_dir, read_log, setup
+from tasks.fit import (HAVE_TENSORBOARD, BestModel, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir,
+                       read_log, save_model, setup)
 from tasks.hashing import sha256_file
 from tasks.io import write_json
 from tasks.seeds import Seeds
@@ -23,6 +32,7 @@ from tasks.shards import load_split
 
 # The one place the small CNNs' recipe defaults live (a literal: tasks/validate.py reads it without
 # importing TensorFlow); a recipe in params.yaml `models` sets what differs.
+log = logging.getLogger(__name__)
 DEFAULTS = {
     "arch": "reference_cnn",  # a name in ARCHS of the `init` module (tasks/models.py)
     "epochs": 6, "batch_size": 128,
@@ -179,12 +189,9 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
         model.compile(optimizer=keras.optimizers.Adam(learning_rate(recipe, steps)),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    done = read_log(log_csv)
-    best = max((r["val_accuracy"] for r in done), default=None)
+    checkpoint = BestModel(out_dir / "model.keras")  # its best is set from the kept log rows on restore
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir=str(backup)),
-        keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor="val_accuracy", mode="max",
-                                        save_best_only=True, initial_value_threshold=best),
+        checkpoint,
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(recipe["patience"])),
         keras.callbacks.CSVLogger(str(log_csv), append=True),
         LiveLogger(live_dir),
@@ -192,9 +199,13 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
     ]
     if HAVE_TENSORBOARD:  # tf.summary needs the tensorboard package; the venv may lack it
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb")))
+    safe = CrashSafeBackup(backup, log_csv=log_csv, live_dir=live_dir, checkpoint=checkpoint)
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]), callbacks=callbacks,
+    model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]), callbacks=safe.callbacks(callbacks),
               shuffle=False, verbose=2)  # shuffled by tf.data
+    if not (out_dir / "model.keras").exists():  # no epoch improved on nothing: cannot happen unless 0 epochs
+        save_model(model, out_dir / "model.keras")
+    finish(out_dir, backup)
     history = read_log(log_csv)
     write_json(out_dir / "history.json", history)
     summary = {

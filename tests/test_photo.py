@@ -370,3 +370,34 @@ def test_distillation_trains_on_the_teachers_softened_predictions(data, tmp_path
 def photo_train_module():
     import importlib
     return importlib.import_module("tasks.photo.train")
+
+
+def test_a_truncated_fine_tune_backup_falls_back_and_the_model_is_checked_before_the_backup_goes(data, tmp_path,
+                                                                                               caplog):
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 3:
+                raise KeyboardInterrupt("killed")
+
+    class Epochs(keras.callbacks.Callback):
+        seen = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append(epoch)
+
+    out = tmp_path / "m"
+    params = {"models": {"m": recipe(head_epochs=1, fine_tune_epochs=3)}}
+    with pytest.raises(KeyboardInterrupt):
+        photo_train("m", params, data["processed"], out, data["cache"], extra_callbacks=[Kill()])
+    meta = json.loads((out / "backup" / "training_metadata.json").read_text())
+    assert (meta["epoch"], meta.get("tag", "fine_tune")) == (3, "fine_tune")
+    latest = out / "backup" / meta.get("weights", "latest.weights.h5")
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    summary = photo_train("m", params, data["processed"], out, data["cache"], extra_callbacks=[Epochs()])
+    assert Epochs.seen == [2, 3]  # fine-tune epoch 2 again, from the state kept after epoch 1; no head epoch
+    assert f"discarded {latest}" in caplog.text
+    history = json.loads((out / "history.json").read_text())
+    assert [(h["epoch"], h["phase"]) for h in history] == [(0, "head"), (1, "fine_tune"), (2, "fine_tune"),
+                                                           (3, "fine_tune")]
+    assert summary["epochs_per_phase"] == {"head": 1, "fine_tune": 3} and not (out / "backup").exists()
+    keras.models.load_model(out / "model.keras")

@@ -154,3 +154,120 @@ def test_a_changed_recipe_does_not_resume_a_stale_backup(tmp_path):
     assert prepare_out_dir(out, live, RECIPE) is True and (out / "log.csv").exists()
     assert prepare_out_dir(out, live, {**RECIPE, "lr": 0.5}) is False
     assert not (out / "backup").exists() and not (out / "log.csv").exists()
+
+
+# ---------------------------------------------------------------- crash safety (issue 15)
+
+def _weights(path):
+    return keras.models.load_model(path).get_weights()
+
+
+def test_a_kill_while_model_keras_is_written_loses_nothing_and_reruns_identically(tmp_path):
+    from faults import leftovers, run_killed
+
+    data = processed(tmp_path / "data")
+    recipe = {**RECIPE, "epochs": 1}
+    clean = train("m", recipe, data, tmp_path / "clean")
+    out = tmp_path / "killed"
+    run_killed(f"""
+        import keras
+        from faults import _die
+        from test_train import train
+        save = keras.Model.save
+
+        def half_then_die(self, path, *a, **k):  # the process dies with the model file half written
+            open(path, "wb").write(b"PK\\x03\\x04")
+            _die()
+
+        keras.Model.save = half_then_die
+        train("m", {recipe!r}, {str(data)!r}, {str(out)!r})
+    """)
+    assert not (out / "model.keras").exists()  # only a temp file holds the half-written bytes
+    summary = train("m", recipe, data, out)
+    assert summary["epochs_run"] == 1 and not (out / "backup").exists()
+    assert [p for p in leftovers(out)] == []
+    assert (out / "history.json").read_bytes() == (tmp_path / "clean" / "history.json").read_bytes()
+    for a, b in zip(_weights(out / "model.keras"), _weights(tmp_path / "clean" / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+    assert summary["best_val_accuracy"] == clean["best_val_accuracy"]
+
+
+def test_a_kill_between_the_log_row_and_the_backup_redoes_that_epoch_once(tmp_path, monkeypatch):
+    import tasks.train as t
+
+    data = processed(tmp_path / "data")
+    out = tmp_path / "m"
+    log_epoch = t.LiveLogger.on_epoch_end
+
+    def killed_at_epoch_1(self, epoch, logs=None):  # after the CSV row, before the curves and the commit
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        log_epoch(self, epoch, logs)
+
+    monkeypatch.setattr(t.LiveLogger, "on_epoch_end", killed_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train("m", RECIPE, data, out)
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # the row of epoch 1 is written
+    monkeypatch.setattr(t.LiveLogger, "on_epoch_end", log_epoch)
+    rec = Recorder()
+    summary = train("m", RECIPE, data, out, extra_callbacks=[rec])
+    assert rec.epochs == [1] and summary["resumed"]  # epoch 1 was not committed: done again, once
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0, 1]
+    assert len((out / "log.csv").read_text().splitlines()) == 3
+    live = (out / "dvclive" / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text().splitlines()
+    assert [ln.split("\t")[0] for ln in live] == ["step", "0", "1"]  # the curves have every epoch, once
+
+
+def test_a_truncated_backup_falls_back_to_the_previous_epoch_naming_what_it_discarded(tmp_path, caplog):
+    data = processed(tmp_path / "data")
+    out = tmp_path / "m"
+    recipe = {**RECIPE, "epochs": 3}
+    with pytest.raises(KeyboardInterrupt):
+        train("m", recipe, data, out, extra_callbacks=[Interrupt(at_epoch=2)])
+    meta = json.loads((out / "backup" / "training_metadata.json").read_text())
+    latest = out / "backup" / meta.get("weights", "latest.weights.h5")
+    assert meta["epoch"] == 2
+    latest.write_bytes(latest.read_bytes()[:1000])  # killed while the backup was rewritten
+
+    rec = Recorder()
+    summary = train("m", recipe, data, out, extra_callbacks=[rec])
+    assert rec.epochs == [1, 2]  # epoch 1 again, from the state kept after epoch 0
+    assert f"discarded {latest} (truncated or changed" in caplog.text and "resuming after epoch 1" in caplog.text
+    assert summary["epochs_run"] == 3 and not (out / "backup").exists()
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0, 1, 2]
+
+
+def test_a_backup_with_no_readable_state_trains_from_the_start(tmp_path, caplog):
+    data = processed(tmp_path / "data")
+    out = tmp_path / "m"
+    with pytest.raises(KeyboardInterrupt):
+        train("m", RECIPE, data, out, extra_callbacks=[Interrupt(at_epoch=1)])
+    for p in (out / "backup").iterdir():
+        p.write_bytes(b"\x00" * 10)  # the weights and the metadata: nothing left to trust
+    rec = Recorder()
+    summary = train("m", RECIPE, data, out, extra_callbacks=[rec])
+    assert rec.epochs == [0, 1] and "training from epoch 0 again" in caplog.text
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0, 1]
+    assert summary["epochs_run"] == 2
+
+
+def test_a_finished_training_whose_model_is_unreadable_is_refused_and_keeps_its_backup(tmp_path):
+    import tasks.train as t
+
+    data = processed(tmp_path / "data")
+    out = tmp_path / "m"
+    recipe = {**RECIPE, "epochs": 1}
+
+    class Killed(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise KeyboardInterrupt("killed after the last epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        train("m", recipe, data, out, extra_callbacks=[Killed()])
+    (out / "model.keras").write_bytes(b"")  # e.g. written in place by an older version, then killed
+    with pytest.raises(RuntimeError, match=r"model.keras: the model file is empty.*delete .*backup and rerun"):
+        train("m", recipe, data, out)
+    from tasks.fit import has_backup
+
+    assert has_backup(out / "backup")  # the weights are not thrown away
+    assert not (out / "history.json").exists()

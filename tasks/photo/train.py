@@ -23,7 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks.fit import HAVE_TENSORBOARD, LiveLogger, learning_rate, prepare_out_dir, read_log, setup
+from tasks.fit import (HAVE_TENSORBOARD, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir, read_log,
+                       save_model, save_weights, setup)
 from tasks.io import write_json
 from tasks.photo import augment as aug
 from tasks.photo import backbones, features, heads
@@ -250,7 +251,6 @@ def prepare(out_dir: Path, live_dir: Path, recipe: dict) -> tuple[bool, dict | N
 def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch: int, steps, out_dir: Path,
               live_dir: Path, checkpoint: BestCheckpoint, patience: int, extra: list) -> float:
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir=str(out_dir / "backup")),
         checkpoint,
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                       restore_best_weights=True),
@@ -260,9 +260,11 @@ def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch
     ]
     if HAVE_TENSORBOARD:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb" / phase)))
+    safe = CrashSafeBackup(out_dir / "backup", log_csv=out_dir / "log.csv", live_dir=live_dir,
+                           initial_epoch=initial_epoch, tag=phase, checkpoint=checkpoint)
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
+              steps_per_epoch=steps, callbacks=safe.callbacks(callbacks), shuffle=False, verbose=2)
     return round(time.time() - start, 1)
 
 
@@ -327,7 +329,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
             copy_head(head_model, model)
         checkpoint.before_save = None
         head_state = {"epochs_run": len(read_log(out_dir / "log.csv")), "fit_seconds": seconds["head"]}
-        model.save_weights(out_dir / HEAD_WEIGHTS)
+        save_weights(model, out_dir / HEAD_WEIGHTS)
         write_json(out_dir / HEAD_STATE, head_state)
     else:
         model.load_weights(out_dir / HEAD_WEIGHTS)
@@ -344,7 +346,8 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
                                          initial_epoch=head_state["epochs_run"], steps=steps, **common)
     fitted = train_model if int(recipe["fine_tune_epochs"]) > 0 or not cache else head_model
     if not (out_dir / "model.keras").exists():  # no epoch ran at all: the model as it is
-        model.save(out_dir / "model.keras")
+        save_model(model, out_dir / "model.keras")
+    finish(out_dir, out_dir / "backup")
     for p in (out_dir / "backup", out_dir / HEAD_STATE, out_dir / HEAD_WEIGHTS):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
