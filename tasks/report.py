@@ -156,7 +156,7 @@ def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -
                "epochs_run": train.get("epochs_run"), "best_val_accuracy": train.get("best_val_accuracy"),
                "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
                "tflite": metrics.get("tflite", {}), "seconds": train.get("fit_seconds"),
-               "blessed": bool(metrics.get("blessed")),
+               "blessed": bool(metrics.get("blessed")), "params": train.get("params"),
                "val_accuracy": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history]}
     (reports_dir / SUMMARIES).mkdir(parents=True, exist_ok=True)
     write_json(reports_dir / SUMMARIES / f"{key}.json", summary)
@@ -170,6 +170,23 @@ def _row(r: dict) -> str:
             f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | {_pct(r['best_val_accuracy'])} | "
             f"{_pct(r['accuracy'])} | {_pct(f32.get('accuracy'))} | {_pct(i8.get('accuracy'))} | "
             f"{i8.get('bytes', '–')} | {'yes' if r['blessed'] else 'no'} |")
+
+
+def model_table(table: dict, rows: dict) -> list[str]:
+    """Markdown of a params `report.tables` entry ({heading, caption, models}): parameters, evaluation
+    accuracy, int8 accuracy and agreement with float32, train time, one row per listed model."""
+    lines = [f"## {table.get('heading', 'Models')}", "", table.get("caption", ""), "",
+             "| model | arch | parameters | eval acc (Keras) | int8 TFLite acc | int8 agreement | epochs | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in table.get("models") or []:
+        r = rows[key]
+        i8 = r["tflite"].get("int8", {})
+        params = f"{r['params']:,}" if r.get("params") is not None else "–"
+        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {_pct(r['accuracy'])} | "
+                     f"{_pct(i8.get('accuracy'))} | {_pct(i8.get('agreement'))} | "
+                     f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | "
+                     f"{r['seconds'] if r['seconds'] is not None else '–'} |")
+    return lines + [""]
 
 
 def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = None) -> dict:
@@ -196,6 +213,9 @@ def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = 
         plot_transfer(compared, reports_dir / "transfer.png", figure.get("title", ""), tuple(figure.get("dashed") or ()))
         lines += [f"## {figure.get('heading', 'Transfer learning')}", "", figure.get("caption", ""), "",
                   "![transfer](transfer.png)", ""]
+    by_key = {r["key"]: r for r in rows}
+    for table in (config.get("tables") or {}).values():
+        lines += model_table(table, by_key)
     text = "\n".join(lines)
     (reports_dir / "README.md").write_text(text, encoding="utf-8")
     return {"index": reports_dir / "README.md", "markdown": text}

@@ -22,7 +22,8 @@ DOWNLOAD = ("retries", "backoff_s", "timeout_s")
 ARRAY_FETCH = {"mnist": ("sha256",), "emnist_letters": ("format", "sha256")}
 WEIGHTS = ("arch", "alpha", "url", "sha256", "allow_unpinned", "mirror_alternatives", "file", "file_sha256")
 FEATURES = ("dataset", "seed")          # besides tasks/photo/features.py FEATURES_DEFAULTS
-REPORT = {"transfer": ("models", "dashed", "title", "heading", "caption")}
+REPORT = {"transfer": ("models", "dashed", "title", "heading", "caption"), "tables": ()}
+REPORT_TABLE = ("heading", "caption", "models")  # each entry of report.tables
 # Keys every recipe names: DVC interpolates them into its train stage's deps, and cannot default them.
 RECIPE_REQUIRED = ("dataset", "init", "trainer")
 RECIPE_COMMON = (*RECIPE_REQUIRED, "min_accuracy")
@@ -144,5 +145,11 @@ def validate(params: dict) -> dict:
     report = params.get("report")
     check_keys("report", report, REPORT)
     for name, keys in REPORT.items():
-        check_keys(f"report.{name}", (report or {}).get(name), keys)
+        if name != "tables":
+            check_keys(f"report.{name}", (report or {}).get(name), keys)
+    for name, table in ((report or {}).get("tables") or {}).items():
+        check_keys(f"report.tables.{name}", table, REPORT_TABLE)
+        unknown = [k for k in (table or {}).get("models") or [] if k not in (params.get("all_models") or {})]
+        if unknown:
+            raise ParamsError(f"params.yaml report.tables.{name}.models: no such model {unknown}")
     return params
