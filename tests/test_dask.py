@@ -34,7 +34,8 @@ def clean_env(monkeypatch):
 
 
 def files_of(project, key):
-    return {p.name: p.read_bytes() for p in sorted(project.processed_dir(key).iterdir())}
+    return {p.relative_to(project.processed_dir(key)).as_posix(): p.read_bytes()
+            for p in sorted(project.processed_dir(key).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
