@@ -131,18 +131,18 @@ def test_gpus_present_switch_on_mixed_precision_and_mirrored_strategy(monkeypatc
     import keras
     import tensorflow as tf
 
-    from tasks import train
+    from tasks import fit
 
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", FakeMirrored)
     gpus = [tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU"),
             tf.config.PhysicalDevice(name="/physical_device:GPU:1", device_type="GPU")]
     try:
-        strategy = train._setup(1, gpus)
+        strategy = fit.setup(1, gpus)
         assert isinstance(strategy, FakeMirrored)
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    strategy = train._setup(1, [])
+    strategy = fit.setup(1, [])
     assert not isinstance(strategy, FakeMirrored)
     assert keras.mixed_precision.global_policy().name == "float32"
 
@@ -165,8 +165,8 @@ def test_train_asks_tensorflow_for_the_gpus(monkeypatch, tmp_path):
         seen.append(gpus)
         raise Stop
 
-    monkeypatch.setattr(train, "_setup", spy)
-    params = {"train": {"epochs": 1, "seed": 3}, "models": {"m": {"dataset": "mnist"}}}
+    monkeypatch.setattr(train, "setup", spy)
+    params = {"models": {"m": {"dataset": "mnist", "epochs": 1, "seed": 3}}}
     with pytest.raises(Stop):
         train.train("m", params, tmp_path / "data", tmp_path / "out")
     assert "GPU" in asked and seen == [fake]
