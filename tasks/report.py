@@ -87,7 +87,11 @@ def plot_transfer(histories: dict, path: Path, title: str = "", dashed=()) -> No
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if histories:
+        ax.legend(fontsize=8)
+    else:  # the stage's declared output, even with nothing to compare
+        ax.text(0.5, 0.5, "no curves: set params.yaml report.transfer.models", ha="center", va="center",
+                transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -209,8 +213,8 @@ def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = 
     figure = config.get("transfer") or {}
     curves = {r["key"]: r["val_accuracy"] for r in rows}
     compared = {k: curves[k] for k in figure.get("models") or [] if curves.get(k)}
+    plot_transfer(compared, reports_dir / "transfer.png", figure.get("title", ""), tuple(figure.get("dashed") or ()))
     if compared:
-        plot_transfer(compared, reports_dir / "transfer.png", figure.get("title", ""), tuple(figure.get("dashed") or ()))
         lines += [f"## {figure.get('heading', 'Transfer learning')}", "", figure.get("caption", ""), "",
                   "![transfer](transfer.png)", ""]
     by_key = {r["key"]: r for r in rows}

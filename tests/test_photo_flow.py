@@ -50,10 +50,9 @@ def photo_project(tmp_path, http_server):
         "export": {"representative_samples": 8, "representative_pool": 2, "latency_runs": 3, "num_threads": 1,
                    "batch_size": 16, "seed": 0},
     }
+    params.update({"distill": {}, "all_models": dict(params["models"]), "report": {}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    init_dvc_project(root, dvc_yaml=fixture_dvc_yaml(params["models"]))
-    # A folder dataset's source module (the one line README's "any key with kind: folder" asks for).
-    (root / "tasks/sources/shapes.py").write_text("from tasks.sources.folder import *  # noqa: F401,F403\n")
+    init_dvc_project(root, keep_params=True)  # the repository's dvc.yaml: it grows from params alone
     return root
 
 
