@@ -34,13 +34,14 @@ def setup(seed: int, gpus: list):
 
 
 def learning_rate(recipe: dict, steps_per_epoch: int):
+    """`recipe["lr"]`, constant or cosine-decayed to 1 % over `epochs` x `steps_per_epoch` steps. A phase
+    of no steps (e.g. `fine_tune_epochs: 0`: head only) has nothing to decay: its rate is the constant."""
     lr, schedule = float(recipe["lr"]), recipe.get("schedule") or "constant"
-    if schedule == "constant":
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; use constant or cosine")
+    if schedule == "constant" or int(recipe["epochs"]) * int(steps_per_epoch) <= 0:
         return lr
-    if schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * int(recipe["epochs"]),
-                                                      alpha=0.01)
-    raise ValueError(f"unknown schedule {schedule!r}; use constant or cosine")
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * int(recipe["epochs"]), alpha=0.01)
 
 
 class LiveLogger(keras.callbacks.Callback):

@@ -205,10 +205,11 @@ def test_cache_head_then_fine_tune_keeps_frozen_layers_and_is_deterministic(data
 
 
 def test_head_on_cache_moves_onto_the_full_model(data, tmp_path):
-    """Phase 1 only: model.keras (uint8 images) predicts what the cached-feature head predicted."""
+    """Phase 1 only: model.keras (uint8 images) predicts what the cached-feature head predicted (a cosine
+    schedule for the fine-tune phase it skips is fine: a phase of no steps has nothing to decay)."""
     keeper = Keeper()
-    summary = photo_train("m", {"models": {"m": recipe(head_epochs=3, fine_tune_epochs=0)}}, data["processed"],
-                          tmp_path / "m", data["cache"], extra_callbacks=[keeper])
+    summary = photo_train("m", {"models": {"m": recipe(head_epochs=3, fine_tune_epochs=0, fine_tune_schedule="cosine")}},
+                          data["processed"], tmp_path / "m", data["cache"], extra_callbacks=[keeper])
     assert summary["epochs_per_phase"] == {"head": 3, "fine_tune": 0}
     assert summary["trainable_params"] == data["info"]["dim"] * CLASSES + CLASSES
     (head_model,) = keeper.fitted  # restored to its best epoch, the one model.keras was saved at

@@ -271,3 +271,15 @@ def test_a_finished_training_whose_model_is_unreadable_is_refused_and_keeps_its_
 
     assert has_backup(out / "backup")  # the weights are not thrown away
     assert not (out / "history.json").exists()
+
+
+def test_learning_rate_schedules():
+    from tasks.fit import learning_rate
+
+    cosine = learning_rate({"lr": 0.01, "schedule": "cosine", "epochs": 2}, 5)
+    assert float(cosine(0)) == pytest.approx(0.01) and float(cosine(10)) == pytest.approx(0.0001)
+    assert learning_rate({"lr": 0.01, "schedule": "constant", "epochs": 2}, 5) == 0.01
+    # a phase of no epochs (head only: `fine_tune_epochs: 0`) or no steps has nothing to decay
+    assert learning_rate({"lr": 0.01, "schedule": "cosine", "epochs": 0}, 5) == 0.01
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        learning_rate({"lr": 0.01, "schedule": "step", "epochs": 0}, 5)
