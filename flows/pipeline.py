@@ -1,7 +1,8 @@
 """The pipeline as a Prefect 3 flow whose graph is dvc.yaml's, read through DVC (flows/dag.py).
 
-One Prefect task per DVC stage, waiting for the stages it depends on; each task asks DVC whether its
-stage is up to date (what `dvc status` says), runs the stage's own command when it is not, and
+One Prefect task per DVC stage, waiting for the stages it depends on; the run asks DVC once which
+stages are not up to date (what `dvc status` says), a task asks again only when its stage was listed
+or one of its upstream stages ran, runs the stage's own command when it is not up to date, and
 records the run in dvc.lock and DVC's cache (as `dvc repro` does), so `dvc status` and Prefect
 agree. Independent stages run concurrently in threads; DVC's repo lock orders the dvc.lock writes.
 """
@@ -25,9 +26,18 @@ RETRY_DELAYS_S = [10, 60]
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, persist_result=False)
-def stage_task(root: str, stage: dag.Stage) -> dict:
-    """One DVC stage: skipped when DVC says it is up to date, else run and committed."""
+def stage_task(root: str, stage: dag.Stage, stale_at_start: bool = True, upstream: list | None = None) -> dict:
+    """One DVC stage: skipped when DVC says it is up to date, else run and committed.
+
+    `stale_at_start`: whether the run's one `dvc status` of the whole graph listed this stage;
+    `upstream`: the records of its upstream stages' tasks. A stage that was up to date at the start
+    and whose upstream ran nothing is still up to date (its deps are unchanged) and is skipped without
+    asking DVC again (a no-op run costs one status of the graph, not one per stage)."""
     logger = get_run_logger()
+    upstream_ran = any(r.get("ran") or r.get("restored") for r in upstream or [])
+    if not stale_at_start and not upstream_ran:
+        logger.info("%s is up to date", stage.name)
+        return {"stage": stage.name, "ran": False}
     changes = dag.changed(root, stage.name)
     if not changes:
         logger.info("%s is up to date", stage.name)
@@ -53,10 +63,12 @@ def stage_options(stage: dag.Stage) -> dict:
 
 def run_dag(root: str, stages: list[dag.Stage]) -> dict:
     """Submit every stage (upstream first) with its upstream as `wait_for`; {stage: record}."""
+    stale = dag.status(root, [stage.name for stage in stages])  # one `dvc status` of the whole graph
     futures = {}
     for stage in stages:
         waits = [futures[u] for u in stage.upstream if u in futures]
-        futures[stage.name] = stage_task.with_options(**stage_options(stage)).submit(root, stage, wait_for=waits)
+        futures[stage.name] = stage_task.with_options(**stage_options(stage)).submit(
+            root, stage, stage.name in stale, upstream=waits, wait_for=waits)
     records, failed = {}, {}
     for name, future in futures.items():
         state = future.wait() or future.state

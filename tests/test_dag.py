@@ -203,3 +203,24 @@ def test_serve_without_a_server_says_how_to_start_one(tmp_path):
     assert done.returncode == 1
     assert "prefect server start" in done.stderr and "PREFECT_API_URL" in done.stderr
     assert "--ephemeral" in done.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="shell command stages")
+def test_a_stage_up_to_date_at_the_start_reruns_when_its_upstream_changes_it(tmp_path, prefect_harness):
+    """The run asks DVC once for the whole graph; `upper` is up to date then (its dep, out/copy.txt, has
+    not changed yet), but `copy` reruns first and changes it, so `upper` is asked again and reruns."""
+    from flows.pipeline import pipeline
+
+    root = tmp_path / "p"
+    write_params(root, datasets=())
+    (root / "in.txt").write_text("hello\n")
+    init_dvc_project(root, keep_params=True, dvc_yaml={"stages": {
+        "copy": {"cmd": "mkdir -p out && cp in.txt out/copy.txt", "deps": ["in.txt"], "outs": ["out"]},
+        "upper": {"cmd": "mkdir -p up && tr a-z A-Z < out/copy.txt > up/upper.txt", "deps": ["out/copy.txt"],
+                  "outs": ["up"]}}})
+    assert set(pipeline(root=str(root), targets=["upper"])["ran"]) == {"copy", "upper"}
+    assert pipeline(root=str(root), targets=["upper"])["ran"] == []
+    (root / "in.txt").write_text("changed\n")
+    assert set(dvc_status(root, "copy", "upper")) == {"copy"}  # upper's own deps have not changed yet
+    assert pipeline(root=str(root), targets=["upper"])["ran"] == ["copy", "upper"]
+    assert (root / "up/upper.txt").read_text() == "CHANGED\n" and dvc_status(root, "copy", "upper") == {}
