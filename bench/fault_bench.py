@@ -164,6 +164,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def dying_write(module: str, condition: str) -> str:
+    """A patch: `module`'s write_json kills the process when `condition` (on path, data) holds."""
+    return f"""
+import {module} as t
+write = t.write_json
+def dying(path, data):
+    if {condition}:
+        _die()
+    write(path, data)
+t.write_json = dying"""
+
+
 def train_cases(tmp: Path) -> list[dict]:
     import keras
     import numpy as np
@@ -192,30 +204,10 @@ def half(self, path, *a, **k):
         open(path, "wb").write(b"\\x89HDF"); _die()
     save(self, path, *a, **k)
 keras.Model.save_weights = half"""),
-                ("backup metadata (the epoch's commit)", f"""
-import tasks.fit as t
-write = t.write_json
-def dying(path, data):
-    if path.name == "training_metadata.json" and data.get("epoch") == {last}:
-        _die()
-    write(path, data)
-t.write_json = dying"""),
-                ("history.json", """
-import tasks.train as t
-write = t.write_json
-def dying(path, data):
-    if path.name == "history.json":
-        _die()
-    write(path, data)
-t.write_json = dying"""),
-                ("train.json", """
-import tasks.train as t
-write = t.write_json
-def dying(path, data):
-    if path.name == "train.json":
-        _die()
-    write(path, data)
-t.write_json = dying""")]:
+                ("backup metadata (the epoch's commit)",
+                 dying_write("tasks.fit", f'path.name == "training_metadata.json" and data.get("epoch") == {last}')),
+                ("history.json", dying_write("tasks.train", 'path.name == "history.json"')),
+                ("train.json", dying_write("tasks.train", 'path.name == "train.json"'))]:
             out = tmp / f"m-{epochs}-{len(rows)}"
             kill(patch + f"\nfrom tasks.train import train\ntrain('m', {recipe!r}, {str(data)!r}, {str(out)!r})", tmp)
             from tasks.fit import has_backup

@@ -52,10 +52,11 @@ def main() -> None:
               "pool": args.pool, "seed": args.seed, "runs": []}
     print(f"{model_dir.name}: Keras {report['keras_accuracy']:.4f} on {split} ({len(labels)})")
     print(f"{'samples':>8} {'accuracy':>9} {'agreement':>10} {'disagree':>9} {'of them ties':>13} {'convert s':>10}")
+    # the first pool x samples train images, read once for the largest size (each draw is export@'s for its size)
+    train_x, _, _ = load_arrays(processed, "train", limit=args.pool * max(args.samples))
     for n in args.samples:
-        train_x, _, _ = load_arrays(processed, "train", limit=args.pool * n)
-        rep = train_x[np.random.default_rng(args.seed).permutation(len(train_x))[:n]]
-        del train_x
+        pool = train_x[:args.pool * n]
+        rep = pool[np.random.default_rng(args.seed).permutation(len(pool))[:n]]
         start = time.perf_counter()
         blob = to_tflite_int8(model, rep)
         seconds = time.perf_counter() - start
