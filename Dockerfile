@@ -15,7 +15,12 @@ COPY pyproject.toml requirements.lock README.md ./
 COPY tasks tasks
 COPY flows flows
 RUN python -m pip install -c requirements.lock ".[deploy,dask]"
-# A run's working directory is its git checkout: its tasks/ and flows/ come first on the path.
-ENV PYTHONPATH=.
+# Runs as an unprivileged user (uid 10001, no shell login, no sudo) whose home and work dir are the
+# only writable places: a run's working directory is its git checkout in /work (tasks/ and flows/ come
+# first on the path); caches (pip, DVC, Keras, Prefect) go under its home.
+RUN useradd --create-home --home-dir /home/tlpipe --uid 10001 --shell /usr/sbin/nologin tlpipe \
+ && mkdir -p /work && chown tlpipe:tlpipe /work
+ENV PYTHONPATH=. HOME=/home/tlpipe PREFECT_HOME=/home/tlpipe/.prefect
+USER 10001:10001
 WORKDIR /work
 CMD ["tlpipe", "--help"]

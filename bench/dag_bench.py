@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tasks.io import write_json  # noqa: E402
+from tasks.core.io import write_json  # noqa: E402
 
 
 def env(prefect_home: str) -> dict:

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks import parallel  # noqa: E402
-from tasks.config import MIRROR_ENV, WORKERS_ENV, Project  # noqa: E402
-from tasks.fetch import fetch  # noqa: E402
-from tasks.prepare import prepare  # noqa: E402
+from tasks.core import parallel  # noqa: E402
+from tasks.stages.project import MIRROR_ENV, WORKERS_ENV, Project  # noqa: E402
+from tasks.fetch.arrays import fetch  # noqa: E402
+from tasks.prepare.arrays import prepare  # noqa: E402
 
 
 def shard_hashes(manifest: dict) -> dict:
@@ -64,7 +64,7 @@ def main() -> None:
 
         cluster = parallel.local_cluster(args.workers)
         client = Client(cluster)
-        client.run(lambda: __import__("tasks.shards") and __import__("tasks.images"))  # warm imports
+        client.run(lambda: __import__("tasks.records.shards") and __import__("tasks.prepare.images"))  # warm imports
         result["dask_cluster_start_s"] = round(time.perf_counter() - start, 2)
         try:
             for key in args.datasets:

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.config import Project  # noqa: E402
-from tasks.fetch import fetch  # noqa: E402
-from tasks.prepare import assign_splits, formats  # noqa: E402
-from tasks.shards import read_split, write_dataset  # noqa: E402
+from tasks.stages.project import Project  # noqa: E402
+from tasks.fetch.arrays import fetch  # noqa: E402
+from tasks.prepare.arrays import assign_splits, formats  # noqa: E402
+from tasks.records.shards import read_split, write_dataset  # noqa: E402
 from tasks.sources import source  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def main() -> None:
         if not (project.raw_dir(key) / "fetch.json").exists():
             fetch(project, key)
         if not (project.processed_dir(key) / "manifest.json").exists():
-            from tasks.prepare import prepare
+            from tasks.stages.data import prepare_stage as prepare
             prepare(project, key)
         single = prepare_throughput(project, key, 1)
         parallel = prepare_throughput(project, key, cores)

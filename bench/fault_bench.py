@@ -33,7 +33,7 @@ from faults import _die, kill_at
 
 def _project(tmp: Path, name: str, mirror: Path, pins: dict):
     from project import write_params
-    from tasks.config import Project
+    from tasks.stages.project import Project
 
     write_params(tmp / name, mirror=str(mirror), pins=pins, datasets=("mnist",))
     return Project(tmp / name)
@@ -53,17 +53,17 @@ def kill(script: str, cwd: Path) -> None:
 
 
 def fetch_cases(tmp: Path, mirror: Path, pins: dict) -> list[dict]:
-    from tasks.fetch import fetch
+    from tasks.stages.data import fetch_stage as fetch
 
     clean = _project(tmp, "fetch-clean", mirror, pins)
     fetch(clean, "mnist")
     rows = []
     for point, patch in [("download: mid-file (after the 2nd 1 MiB block of a file)",
-                          'kill_at("tasks.download:Sink.write", call=2, when="after")'),
+                          'kill_at("tasks.fetch.download:Sink.write", call=2, when="after")'),
                          ("download: after the last file, before fetch.json",
-                          'kill_at("tasks.fetch:write_json", call=1)')]:
+                          'kill_at("tasks.fetch.arrays:write_json", call=1)')]:
         p = _project(tmp, f"fetch-{len(rows)}", mirror, pins)
-        kill(patch + "\nfrom tasks.config import find_project\nfrom tasks.fetch import fetch\n"
+        kill(patch + "\nfrom tasks.stages.project import find_project\nfrom tasks.fetch.arrays import fetch\n"
              "fetch(find_project(), 'mnist')", p.root)
         left = _left(p.root / "data" / "raw")
         fetch(p, "mnist")
@@ -75,8 +75,8 @@ def fetch_cases(tmp: Path, mirror: Path, pins: dict) -> list[dict]:
 
 
 def prepare_cases(tmp: Path, mirror: Path, pins: dict) -> list[dict]:
-    from tasks.fetch import fetch
-    from tasks.prepare import prepare
+    from tasks.stages.data import fetch_stage as fetch
+    from tasks.stages.data import prepare_stage as prepare
 
     clean = _project(tmp, "prep-clean", mirror, pins)
     fetch(clean, "mnist")
@@ -84,15 +84,15 @@ def prepare_cases(tmp: Path, mirror: Path, pins: dict) -> list[dict]:
     rows = []
     for point, patch, rerun_over_old in [
             ("prepare: parsing the IDX files", 'kill_at("tasks.sources.mnist:load")', False),
-            ("prepare: writing the first shard", 'kill_at("tasks.shards:write_records", when="after")', False),
-            ("prepare: the last shard", 'kill_at("tasks.shards:write_records", call=4)', False),
-            ("prepare: manifest.json / labels.json", 'kill_at("tasks.shards:write_json")', False),
-            ("prepare: the swap over an older output", 'kill_at("tasks.io:exchange")', True)]:
+            ("prepare: writing the first shard", 'kill_at("tasks.records.shards:write_records", when="after")', False),
+            ("prepare: the last shard", 'kill_at("tasks.records.shards:write_records", call=4)', False),
+            ("prepare: manifest.json / labels.json", 'kill_at("tasks.records.shards:write_json")', False),
+            ("prepare: the swap over an older output", 'kill_at("tasks.core.io:exchange")', True)]:
         p = _project(tmp, f"prep-{len(rows)}", mirror, pins)
         fetch(p, "mnist")
         if rerun_over_old:
             prepare(p, "mnist")
-        kill(patch + "\nfrom tasks.config import find_project\nfrom tasks.prepare import prepare\n"
+        kill(patch + "\nfrom tasks.stages.project import find_project\nfrom tasks.prepare.arrays import prepare\n"
              "prepare(find_project(), 'mnist')", p.root)
         left = _left(p.root / "data" / "processed")
         prepare(p, "mnist")
@@ -105,9 +105,9 @@ def prepare_cases(tmp: Path, mirror: Path, pins: dict) -> list[dict]:
 
 def photo_cases(tmp: Path) -> list[dict]:
     from photos import class_tree, small_prepare, write_params
-    from tasks.config import Project
-    from tasks.fetch import fetch
-    from tasks.prepare import prepare
+    from tasks.stages.project import Project
+    from tasks.stages.data import fetch_stage as fetch
+    from tasks.stages.data import prepare_stage as prepare
 
     src = tmp / "photos"
     class_tree(src, {"red": 40, "green": 40, "blue": 40})
@@ -124,7 +124,7 @@ def photo_cases(tmp: Path) -> list[dict]:
     rows = []
     for point, patch in [
             ("prepare (photos, 2 workers): converting, pool busy", """
-import multiprocessing, json, tasks.image_folder as f
+import multiprocessing, json, tasks.prepare.photos as f
 results = f._results
 def dying(*a, **k):
     for n, r in enumerate(results(*a, **k)):
@@ -133,10 +133,10 @@ def dying(*a, **k):
             _die()
         yield r
 f._results = dying"""),
-            ("prepare (photos): writing the first shard", 'kill_at("tasks.image_folder:write_records", when="after")'),
-            ("prepare (photos): manifest.json", 'kill_at("tasks.image_folder:write_json", call=2)')]:
+            ("prepare (photos): writing the first shard", 'kill_at("tasks.prepare.photos:write_records", when="after")'),
+            ("prepare (photos): manifest.json", 'kill_at("tasks.prepare.photos:write_json", call=2)')]:
         p = project(f"photo-{len(rows)}")
-        kill(patch + "\nfrom tasks.config import find_project\nfrom tasks.prepare import prepare\n"
+        kill(patch + "\nfrom tasks.stages.project import find_project\nfrom tasks.prepare.arrays import prepare\n"
              "prepare(find_project(), 'shapes')", p.root)
         left = _left(p.root / "data" / "processed")
         workers = ""
@@ -181,7 +181,7 @@ def train_cases(tmp: Path) -> list[dict]:
     import numpy as np
     from test_train import RECIPE, processed
 
-    from tasks.train import train
+    from tasks.cnn.train import train
 
     data = processed(tmp / "data")
     rows = []
@@ -206,10 +206,10 @@ def half(self, path, *a, **k):
 keras.Model.save_weights = half"""),
                 ("backup metadata (the epoch's commit)",
                  dying_write("tasks.fit", f'path.name == "training_metadata.json" and data.get("epoch") == {last}')),
-                ("history.json", dying_write("tasks.train", 'path.name == "history.json"')),
-                ("train.json", dying_write("tasks.train", 'path.name == "train.json"'))]:
+                ("history.json", dying_write("tasks.cnn.train", 'path.name == "history.json"')),
+                ("train.json", dying_write("tasks.cnn.train", 'path.name == "train.json"'))]:
             out = tmp / f"m-{epochs}-{len(rows)}"
-            kill(patch + f"\nfrom tasks.train import train\ntrain('m', {recipe!r}, {str(data)!r}, {str(out)!r})", tmp)
+            kill(patch + f"\nfrom tasks.cnn.train import train\ntrain('m', {recipe!r}, {str(data)!r}, {str(out)!r})", tmp)
             from tasks.fit import has_backup
 
             state = "a backup (epoch %s)" % json.loads((out / "backup" / "training_metadata.json").read_text())["epoch"] \

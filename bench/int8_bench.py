@@ -4,7 +4,7 @@
 
 For each calibration size (train images drawn as export@ draws them: a seeded permutation of the first
 `representative_pool` x samples) the Keras model is converted with full-integer quantisation and a uint8
-input and uint8 scores (tasks.export.to_tflite_int8, what export@ ships) and run over the evaluation
+input and uint8 scores (tasks.evaluate.export.to_tflite_int8, what export@ ships) and run over the evaluation
 split; reported: accuracy, top-1 agreement with Keras, how many of the disagreements are ties (the int8
 softmax has a step of 1/256, so two classes within it tie and argmax takes the lower id; a float32 score
 output only dequantizes that softmax: on mnist_scratch it gave the same ties and predictions), convert s. Prints a table and writes
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.io import write_json  # noqa: E402
+from tasks.core.io import write_json  # noqa: E402
 
 
 def main() -> None:
@@ -38,9 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     import keras
 
-    from tasks.evaluate import evaluation_split, load_arrays
-    from tasks.export import run_tflite, to_tflite_int8
-    from tasks.shards import load_manifest
+    from tasks.evaluate.metrics import evaluation_split, load_arrays
+    from tasks.evaluate.export import run_tflite, to_tflite_int8
+    from tasks.records.shards import load_manifest
 
     model_dir, processed = Path(args.model_dir), Path(args.processed)
     model = keras.models.load_model(model_dir / "model.keras")

@@ -1,5 +1,5 @@
 """MediaPipe Tasks' ImageClassifier on an exported model over a prepared photo dataset's evaluation
-split: its accuracy and its top-1 agreement with `tlpipe predict` (tasks.predict), per .tflite.
+split: its accuracy and its top-1 agreement with `tlpipe predict` (tasks.evaluate.predict), per .tflite.
 
     python bench/mediapipe_check.py models/cards_ours_v2_100 data/processed/cards
 
@@ -20,9 +20,9 @@ def main(model_dir: str, processed: str) -> dict:
     from mediapipe.tasks.python import BaseOptions
     from mediapipe.tasks.python.vision import ImageClassifier, ImageClassifierOptions
 
-    from tasks.evaluate import evaluation_split, load_arrays
-    from tasks.predict import predict
-    from tasks.shards import load_manifest
+    from tasks.evaluate.metrics import evaluation_split, load_arrays
+    from tasks.evaluate.predict import predict
+    from tasks.records.shards import load_manifest
     from PIL import Image
 
     model_dir, processed = Path(model_dir), Path(processed)

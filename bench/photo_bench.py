@@ -6,7 +6,7 @@ cache vs end to end through the frozen base.
         --alpha 0.35 --image-size 224 --epochs 3 [--limit 1000]
 
 (a) images/s over full passes after one warm-up pass, batch 32, float images [S,S,3] in [0,1]: tf.data
-from the TFRecord shards (tasks.shards.read_split) vs the seed recipes' ImageDataGenerator(rescale=1/255)
+from the TFRecord shards (tasks.records.shards.read_split) vs the seed recipes' ImageDataGenerator(rescale=1/255)
 .flow_from_directory vs keras.utils.image_dataset_from_directory; ratios are vs ImageDataGenerator.
 (b) base = Rescaling(1/127.5, offset=-1) + MobileNetV2(include_top=False, weights=--weights), frozen
 (called with training=False); head = GlobalAveragePooling2D -> Dropout(0.2) -> Dense(K, softmax).
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.shards import load_manifest, read_split  # noqa: E402
+from tasks.records.shards import load_manifest, read_split  # noqa: E402
 
 BATCH = 32
 SEED = 42

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.io import write_json  # noqa: E402
+from tasks.core.io import write_json  # noqa: E402
 
 
 def main() -> None:

@@ -5,25 +5,23 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from tasks import fetch as fetch_step
-from tasks import prepare as prepare_step
-from tasks import weights as weights_step
-from tasks.config import Project, find_project
+from tasks.stages import data as data_stages
+from tasks.stages.project import Project, find_project
 
 
 @task(name="fetch", task_run_name="fetch-{key}", retries=2, retry_delay_seconds=[10, 60])
 def fetch_task(key: str, root: str) -> dict:
-    return fetch_step.fetch(Project(Path(root)), key)
+    return data_stages.fetch_stage(Project(Path(root)), key)
 
 
 @task(name="fetch-weights", task_run_name="fetch-weights-{key}", retries=2, retry_delay_seconds=[10, 60])
 def fetch_weights_task(key: str, root: str) -> dict:
-    return weights_step.fetch_weights(Project(Path(root)), key)
+    return data_stages.weights_stage(Project(Path(root)), key)
 
 
 @task(name="prepare", task_run_name="prepare-{key}")
 def prepare_task(key: str, root: str) -> dict:
-    return prepare_step.prepare(Project(Path(root)), key)
+    return data_stages.prepare_stage(Project(Path(root)), key)
 
 
 @flow(name="tlpipe-fetch")

@@ -23,8 +23,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.pipeline import pipeline as _pipeline
-from tasks.config import find_project
-from tasks.parallel import DASK_ENV, parse_setting
+from tasks.stages.project import find_project
+from tasks.core.parallel import DASK_ENV, parse_setting
 
 PUSH_ENV = "TLPIPE_DVC_PUSH"
 PULL_ENV = "TLPIPE_DVC_PULL"

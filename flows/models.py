@@ -5,13 +5,13 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from tasks import model_stages
-from tasks.config import Project, find_project
+from tasks.stages import models as model_stages
+from tasks.stages.project import Project, find_project
 
 
 @task(name="features", task_run_name="features-{key}")
 def features_task(key: str, root: str) -> dict:
-    from tasks.photo.features import features_stage
+    from tasks.stages.data import features_stage
 
     return features_stage(Project(Path(root)), key)
 

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import dag
-from tasks.config import find_project
+from tasks.stages.project import find_project
 
 # Stages that reach the network: Prefect retries them (their downloads also retry on their own).
 NETWORK_STAGES = {"fetch": 2, "fetch_weights": 2}

@@ -5,6 +5,7 @@
     tlpipe prepare KEY        build data/processed/KEY (shards + manifest)
     tlpipe fetch-weights KEY  pretrained weights (params.yaml `weights.KEY`) into data/weights/KEY
     tlpipe features KEY       bottleneck cache (params.yaml `features.KEY`) into data/features/KEY
+    tlpipe teach KEY          a teacher's targets for distillation (params.yaml `teach.KEY`) into data/teach/KEY
     tlpipe train MODEL        train a model recipe from params.yaml into models/MODEL
     tlpipe evaluate MODEL     test-split metrics, confusion matrix, gate -> reports/MODEL
     tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
@@ -28,7 +29,7 @@ import logging
 import os
 import sys
 
-from tasks.config import find_project
+from tasks.stages.project import find_project
 
 
 EXPECTED = (OSError, ValueError, KeyError, RuntimeError)  # bad input, failed download, locked output
@@ -85,38 +86,45 @@ def _positive(text: str) -> int:
 
 
 def _fetch(args):
-    from tasks.fetch import fetch
+    from tasks.stages.data import fetch_stage
 
-    record = fetch(find_project(), args.key)
+    record = fetch_stage(find_project(), args.key)
     return {"dataset": args.key, "format": record["format"], "files": record.get("file_count", len(record["files"])),
             "skipped": record["skipped"]}
 
 
 def _prepare(args):
-    from tasks.prepare import prepare
+    from tasks.stages.data import prepare_stage
 
-    manifest = prepare(find_project(), args.key)
+    manifest = prepare_stage(find_project(), args.key)
     return {"dataset": args.key, "splits": {s: v["count"] for s, v in manifest["splits"].items()},
             "skipped": manifest["skipped"]}
 
 
 def _fetch_weights(args):
-    from tasks.weights import fetch_weights
+    from tasks.stages.data import weights_stage
 
-    record = fetch_weights(find_project(), args.key)
+    record = weights_stage(find_project(), args.key)
     return {k: record[k] for k in ("weights", "file", "format", "source", "url", "sha256", "bytes", "pinned")}
 
 
 def _features(args):
-    from tasks.photo.features import features_stage
+    from tasks.stages.data import features_stage
 
     info = features_stage(find_project(), args.key)
     return {k: info.get(k) for k in ("base", "alpha", "image_size", "dim", "splits", "speed")}
 
 
+def _teach(args):
+    from tasks.stages.data import teach_stage
+
+    record = teach_stage(find_project(), args.key)
+    return {k: record[k] for k in ("teacher", "features", "temperature", "examples", "teacher_train_accuracy")}
+
+
 def _model_stage(name):
     def run(args):
-        from tasks import model_stages
+        from tasks.stages import models as model_stages
 
         result = getattr(model_stages, f"{name}_stage")(find_project(), args.key)
         return {k: v for k, v in result.items() if k not in ("recipe", "most_confused")}
@@ -124,7 +132,7 @@ def _model_stage(name):
 
 
 def _report(args):
-    from tasks.model_stages import report_page_stage, report_stage
+    from tasks.stages.models import report_page_stage, report_stage
 
     if args.key:
         return str(report_page_stage(find_project(), args.key)["page"])
@@ -134,7 +142,7 @@ def _report(args):
 def _predict(args):
     from pathlib import Path
 
-    from tasks.predict import format_predictions, predict
+    from tasks.evaluate.predict import format_predictions, predict
 
     results = predict(Path(args.model), [Path(i) for i in args.images], top_k=args.top_k)
     print(format_predictions(results), flush=True)  # the good images' results, also when some failed
@@ -208,6 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="compute a bottleneck-feature cache")
     p.add_argument("key", help="features key from params.yaml `features` (e.g. cards_v2_035)")
     p.set_defaults(run=_features)
+    p = sub.add_parser("teach", help="a teacher's softened predictions for a distilled student")
+    p.add_argument("key", help="teach key from params.yaml `teach` (e.g. cards_v2_100_to_v2_035)")
+    p.set_defaults(run=_teach)
     for name in ("train", "evaluate", "export"):
         p = sub.add_parser(name, help=f"{name} a model (a key of params.yaml `models`)")
         p.add_argument("key", help="model key, e.g. emnist_cnn, mnist_transfer_conv")

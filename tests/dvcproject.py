@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_LINE = ("weights", "features", "models", "distill", "all_models", "evaluate", "export", "report")
+MODEL_LINE = ("weights", "features", "teach", "models", "evaluate", "export", "report")
 
 
 def dvc_env(**extra) -> dict:

@@ -1,6 +1,6 @@
 """Deterministic fault injection: kill (os._exit) or fail a process at an exact call of a function.
 
-`kill_at("tasks.shards:write_records", call=2)` replaces that attribute so its 2nd call ends the
+`kill_at("tasks.records.shards:write_records", call=2)` replaces that attribute so its 2nd call ends the
 process (`when="before"`: before the real call; `"after"`: once it returned). `run_killed(script)`
 runs a Python snippet in a fresh interpreter with the worktree and tests/ importable, expects it to
 die with KILLED, and returns its output. This stands in for a `kill -9` at that instant, without a race.

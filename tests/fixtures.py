@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.emnist_mat import write_emnist_mat
-from tasks.idx import write_idx
-from tasks.normalize import LETTERS
+from tasks.formats.emnist_mat import write_emnist_mat
+from tasks.formats.idx import write_idx
+from tasks.formats.normalize import LETTERS
 
 SIDE = 28
 
@@ -122,7 +122,7 @@ def mnist_like(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np
 
 def emnist_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """EMNIST-letters-like data as stored upstream: images N×784 uint8 (each row an image transposed,
-    i.e. column-major) and labels uint8 1..26. ``tasks.normalize.emnist_upright`` recovers
+    i.e. column-major) and labels uint8 1..26. ``tasks.formats.normalize.emnist_upright`` recovers
     ``mnist_like(n, seed, 26)[0]``."""
     upright, labels = mnist_like(n, seed, num_classes=len(LETTERS))
     return emnist_store(upright), (labels + 1).astype(np.uint8)

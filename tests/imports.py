@@ -1,7 +1,10 @@
-"""What code a `tlpipe` stage runs: the tasks/ files reached from its entry modules by imports.
+"""What code a `tlpipe` stage runs: the tasks/ packages reached from its entry package by imports.
 
-Shared by tests/test_dvc.py (each dvc.yaml stage declares exactly that code, no more, no less) and
-usable by hand: `python tests/imports.py tasks/photo` prints a trainer's closure.
+The unit of code is a package (a folder under tasks/: tasks/fetch, tasks/core, ...); a dataset's source
+module (tasks/sources/<module>.py) is a unit of its own, so a dataset's stages depend on their own
+source only. Shared by tests/test_dvc.py (each dvc.yaml stage declares exactly that code, no more, no
+less) and tests/test_layout.py (no circles, no upward imports); usable by hand:
+`python tests/imports.py tasks/photo` prints a trainer's closure.
 """
 from __future__ import annotations
 
@@ -11,20 +14,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What each `tlpipe` subcommand runs: its entry modules ({key}: the stage's item; {module}: the
-# dataset's source module from params `datasets`; {trainer}, {init}: the recipe's).
-STAGE_ENTRY = {"fetch": ["tasks/fetch.py", "tasks/sources/{module}.py"],
-               "prepare": ["tasks/prepare.py", "tasks/sources/{module}.py"],
-               "fetch-weights": ["tasks/weights.py"], "features": ["tasks/photo/features.py"],
-               "train": ["{trainer}", "{init}"], "evaluate": ["tasks/evaluate.py"], "export": ["tasks/export.py"],
-               "report": ["tasks/report.py"]}
-# Plumbing that decides where and how files are written and which function a command calls (paths,
-# params loading and checking, atomic writes, JSON, the CLI and the stage functions that resolve a
-# key to paths), never what is computed: not declared, and not walked into, so that touching it does
-# not retrain every model.
-PLUMBING = {"tasks/__init__.py", "tasks/config.py", "tasks/io.py", "tasks/cli.py", "tasks/validate.py",
-            "tasks/model_stages.py",
-            "tasks/parallel.py"}  # where data work runs (processes or Dask), never what it computes
+# What each `tlpipe` subcommand runs: its entry units ({module}: the dataset's source module from params
+# `datasets`; {trainer}, {init}: the recipe's).
+STAGE_ENTRY = {"fetch": ["tasks/fetch", "tasks/sources/{module}.py"],
+               "prepare": ["tasks/prepare", "tasks/sources/{module}.py"],
+               "fetch-weights": ["tasks/fetch"], "features": ["tasks/photo"], "teach": ["tasks/photo"],
+               "train": ["{trainer}", "{init}"], "evaluate": ["tasks/evaluate"], "export": ["tasks/evaluate"],
+               "report": ["tasks/report"]}
+# The plumbing that decides which key, which paths and which function (params loading and checking,
+# the stage functions, the CLI), never what is computed: not declared, and not walked into, so that
+# touching it does not retrain every model. Nothing below it may import it (tests/test_layout.py).
+PLUMBING = {"tasks/__init__.py", "tasks/cli.py", "tasks/stages"}
 
 
 def _module(name: str) -> Path | None:
@@ -48,27 +48,48 @@ def tasks_imports(path: Path) -> set[Path]:
     return found - {None}
 
 
+def unit(path: Path) -> str:
+    """The dep unit of a tasks/ file: its package folder, or itself for a dataset's source module and
+    for a top-level module of tasks/."""
+    rel = path.relative_to(REPO).as_posix()
+    parent = path.parent.relative_to(REPO).as_posix()
+    if parent in ("tasks", "tasks/sources"):
+        return rel
+    return "/".join(rel.split("/")[:2])
+
+
+def files_of(u: str) -> list[Path]:
+    path = REPO / u
+    return sorted(path.rglob("*.py")) if path.is_dir() else [path]
+
+
+def unit_imports(u: str) -> set[str]:
+    """The units the files of unit `u` import (itself and the plumbing left out)."""
+    return {unit(m) for f in files_of(u) for m in tasks_imports(f)} - {u}
+
+
 def code_of(entries: list[str]) -> set[str]:
-    """Every tasks/ file reached from the entry files (or folders: each .py in them) by imports,
-    plumbing left out (and not walked into)."""
-    todo = [p for e in entries if e for p in ((REPO / e).glob("*.py") if (REPO / e).is_dir() else [REPO / e])]
+    """Every unit reached from the entry units (package folders or files) by imports, the plumbing
+    left out (and not walked into)."""
+    todo = [unit(REPO / e) if (REPO / e).is_file() else e.rstrip("/") for e in entries if e]
     seen = set()
     while todo:
-        path = todo.pop()
-        rel = path.relative_to(REPO).as_posix()
-        if path in seen or rel in PLUMBING:
+        u = todo.pop()
+        if u in seen or u in PLUMBING:
             continue
-        seen.add(path)
-        parent = path.parent / "__init__.py"
-        if parent.exists() and parent != path:
-            todo.append(parent)
-        todo.extend(tasks_imports(path) - seen)
-    return {p.relative_to(REPO).as_posix() for p in seen}
+        seen.add(u)
+        todo.extend(unit_imports(u) - seen)
+    return seen
 
 
 def covered(path: str, deps) -> bool:
     """Is `path` one of `deps`, or inside a folder dep?"""
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def within(dep: str, units) -> bool:
+    """Is the declared `dep` one of `units`, or a file inside one of them?"""
+    return any(dep == u or dep.startswith(u + "/") for u in units)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from photos import class_tree, small_prepare, tar_tree, write_params, zip_tree
-from tasks.archives import extract
-from tasks.config import Project
-from tasks.download import ChecksumError, ContentError, sha256_file
-from tasks.fetch import fetch
-from tasks.prepare import prepare
-from tasks.shards import read_split
+from tasks.fetch.archives import extract
+from tasks.stages.project import Project
+from tasks.fetch.download import ChecksumError, ContentError, sha256_file
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.data import prepare_stage as prepare
+from tasks.records.shards import read_split
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.shards import write_dataset
+from tasks.records.shards import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

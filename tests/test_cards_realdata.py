@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from photos import small_prepare, write_params
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.prepare import prepare
-from tasks.shards import read_split
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.data import prepare_stage as prepare
+from tasks.records.shards import read_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CARDS = SHARED / "cards"

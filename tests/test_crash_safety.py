@@ -14,11 +14,11 @@ from faults import leftovers, run_killed, tree_bytes
 from photos import class_tree, small_prepare
 from photos import write_params as write_photo_params
 from project import write_mirror, write_params
-from tasks import io as tio
+from tasks.core import io as tio
 from tasks.cli import main
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.prepare import prepare
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.data import prepare_stage as prepare
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def mnist_project(tmp_path):
 HOLD = """
     import sys, time
     from pathlib import Path
-    from tasks.io import atomic_dir
+    from tasks.core.io import atomic_dir
     final, ready, go = (Path(a) for a in sys.argv[1:])
     with atomic_dir(final) as tmp:
         (tmp / "from-holder").write_text("x")
@@ -91,7 +91,7 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_run_of_that_output_onl
     run_killed(f"""
         from pathlib import Path
         from faults import _die
-        from tasks.io import atomic_dir
+        from tasks.core.io import atomic_dir
         with atomic_dir(Path({str(final)!r})) as tmp:
             (tmp / "train.gz.part").write_bytes(b"half a download")
             _die()
@@ -140,9 +140,9 @@ def test_a_download_killed_mid_file_is_cleaned_and_refetched_byte_identical(mnis
     killed = mnist_project("killed")
     run_killed("""
         from faults import kill_at
-        kill_at("tasks.download:Sink.write", call=2, when="after")
-        from tasks.config import find_project
-        from tasks.fetch import fetch
+        kill_at("tasks.fetch.download:Sink.write", call=2, when="after")
+        from tasks.stages.project import find_project
+        from tasks.stages.data import fetch_stage as fetch
         fetch(find_project(), "mnist")
     """, cwd=killed.root)
     raw = killed.root / "data" / "raw"
@@ -155,9 +155,9 @@ def test_a_download_killed_mid_file_is_cleaned_and_refetched_byte_identical(mnis
 
 @pytest.mark.parametrize("kill_point", [
     "tasks.sources.mnist:load",          # parsing, before anything is written
-    "tasks.shards:write_records",        # the first shard
-    "tasks.shards:write_json",           # labels.json, after every shard
-    "tasks.io:exchange",                 # the swap (here: a rerun over an older output)
+    "tasks.records.shards:write_records",        # the first shard
+    "tasks.records.shards:write_json",           # labels.json, after every shard
+    "tasks.core.io:exchange",                 # the swap (here: a rerun over an older output)
 ])
 def test_prepare_killed_at_each_phase_reruns_to_byte_identical_outputs(mnist_project, kill_point):
     clean = mnist_project("clean")
@@ -165,13 +165,13 @@ def test_prepare_killed_at_each_phase_reruns_to_byte_identical_outputs(mnist_pro
     prepare(clean, "mnist")
     killed = mnist_project("killed")
     fetch(killed, "mnist")
-    if kill_point == "tasks.io:exchange":
+    if kill_point == "tasks.core.io:exchange":
         prepare(killed, "mnist")  # an older output to swap out
     run_killed(f"""
         from faults import kill_at
         kill_at({kill_point!r}, call=1)
-        from tasks.config import find_project
-        from tasks.prepare import prepare
+        from tasks.stages.project import find_project
+        from tasks.stages.data import prepare_stage as prepare
         prepare(find_project(), "mnist")
     """, cwd=killed.root)
     processed = killed.root / "data" / "processed"
@@ -205,7 +205,7 @@ def test_worker_processes_die_with_a_killed_prepare(tmp_path):
     run_killed(f"""
         import json, multiprocessing
         from multiprocessing import resource_tracker
-        import tasks.image_folder as f
+        import tasks.prepare.photos as f
         from faults import _die
         results = f._results
 
@@ -219,8 +219,8 @@ def test_worker_processes_die_with_a_killed_prepare(tmp_path):
                 yield r
 
         f._results = dying
-        from tasks.config import find_project
-        from tasks.prepare import prepare
+        from tasks.stages.project import find_project
+        from tasks.stages.data import prepare_stage as prepare
         prepare(find_project(), "shapes")
     """, cwd=root)
     spawned = json.loads(pids.read_text())
@@ -312,7 +312,7 @@ def tflite(tmp_path_factory):
     """A tiny float32 TFLite classifier of 8x8 greyscale images (3 classes) with its labels.txt."""
     import keras
 
-    from tasks.export import to_tflite_float32
+    from tasks.evaluate.export import to_tflite_float32
 
     d = tmp_path_factory.mktemp("tflite")
     keras.utils.set_random_seed(0)
@@ -386,7 +386,7 @@ def test_an_unexpected_error_is_one_line_that_says_how_to_see_the_stack(monkeypa
 
 
 def test_an_empty_or_damaged_model_file_is_named_as_such(tmp_path):
-    from tasks.model_stages import require_model
+    from tasks.stages.models import require_model
     from tasks.fit import load_model
 
     path = tmp_path / "model.keras"

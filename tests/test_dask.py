@@ -1,4 +1,4 @@
-"""Dask scale-out (tasks/parallel.py): shards and photo checks on a 2-worker LocalCluster are
+"""Dask scale-out (tasks/core/parallel.py): shards and photo checks on a 2-worker LocalCluster are
 byte-identical to the in-process and multiprocessing paths; inside a (daemonic) Dask worker the work
 goes back to the cluster instead of a process pool."""
 import multiprocessing
@@ -10,12 +10,13 @@ import pytest
 import yaml
 
 from project import write_mirror, write_params
-from tasks import image_folder, parallel
+from tasks.prepare import photos as image_folder
+from tasks.core import parallel
 from tasks.cli import main
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.prepare import prepare
-from tasks.shards import ShardJob, encoded_images
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.data import prepare_stage as prepare
+from tasks.records.shards import ShardJob, encoded_images
 
 distributed = pytest.importorskip("distributed")
 

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from tasks import download as dl
-from tasks.download import (
+from tasks.fetch import download as dl
+from tasks.fetch.download import (
     ChecksumError, ContentError, DownloadError, HttpError, NotFound, ServerError, download, sha256_file,
 )
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imports import PLUMBING, REPO, STAGE_ENTRY, code_of, covered
+from imports import PLUMBING, REPO, STAGE_ENTRY, code_of, covered, within
 from photos import class_tree, small_prepare
 from project import write_mirror, write_params
 
-MODEL_LINE = ("weights", "features", "models", "distill", "all_models", "evaluate", "export", "report")
+MODEL_LINE = ("weights", "features", "teach", "models", "evaluate", "export", "report")
 
 
 def run(cmd, cwd, env):
@@ -60,17 +60,17 @@ def stages_of(repo: Path) -> list:
 def entries(stage, params: dict) -> list[str]:
     _, command, *rest = stage.cmd.split()
     key = rest[0] if rest else ""
-    recipe = (params.get("all_models") or {}).get(key, {})
+    recipe = (params.get("models") or {}).get(key, {}) if command in ("train", "evaluate", "export") else {}
     init = str(recipe.get("init", ""))
     return [e.format(key=key, module=(params.get("datasets") or {}).get(key, key), trainer=recipe.get("trainer", ""),
-                     init=init if init.endswith(".py") else "") for e in STAGE_ENTRY[command]]
+                     init=init if init.startswith("tasks/") else "") for e in STAGE_ENTRY[command]]
 
 
 def test_stages_declare_exactly_the_code_they_run():
     """A stage reruns when code it runs changes only if that code is a dep, and reruns needlessly when
-    a dep is code it never runs: walk each stage's imports from its entry modules and check that every
-    tasks/ module reached is declared (a file, or a folder holding it) and that every declared tasks/
-    dep is reached (a folder: each .py in it)."""
+    a dep is code it never runs: walk each stage's imports from its entry package and check that every
+    tasks/ package (or source module) reached is declared and that every declared tasks/ dep is one
+    reached (or a file inside one: a recipe's `init` module)."""
     params = repo_params()
     stages = stages_of(REPO)
     assert {s.addressing.split("@")[0] for s in stages} >= {"fetch", "prepare", "train", "evaluate", "export",
@@ -80,23 +80,21 @@ def test_stages_declare_exactly_the_code_they_run():
         deps = [d.def_path.rstrip("/") for d in stage.deps if d.def_path.startswith("tasks/")]
         missing = sorted(m for m in code if not covered(m, deps))
         assert not missing, f"dvc.yaml {stage.addressing}: add {missing} to deps"
-        extra = sorted(d for d in deps if (REPO / d).is_file() and d not in code)
-        extra += sorted(f"{d}/{p.name}" for d in deps if (REPO / d).is_dir()
-                        for p in (REPO / d).glob("*.py") if f"{d}/{p.name}" not in code)
+        extra = sorted(d for d in deps if not within(d, code))
         assert not extra, f"dvc.yaml {stage.addressing}: {extra} is not code this stage runs; remove it from deps"
         assert not [d for d in deps if d in PLUMBING], f"{stage.addressing}: plumbing is not a dep"
 
 
 def test_stages_declare_the_params_they_read():
     """The train stages read their recipe only (defaults live in the trainers' code); the photo ones
-    no longer declare the small CNNs' `train` section; model stages read the merged `all_models`."""
+    no longer declare the small CNNs' `train` section; every model stage reads its recipe in `models`."""
     for stage in stages_of(REPO):
         group, _, key = stage.addressing.partition("@")
         declared = sorted(k for p in stage.deps if hasattr(p, "params") for k in p.params)
-        expected = {"train": [f"models.{key}"], "distill": [f"distill.{key}"],
-                    "evaluate": [f"all_models.{key}.min_accuracy", "evaluate"],
-                    "export": [f"all_models.{key}.min_accuracy", "evaluate.max_regression", "export"],
-                    "report_page": [], "report": ["all_models", "report"],
+        expected = {"train": [f"models.{key}"], "teach": [f"teach.{key}"],
+                    "evaluate": [f"models.{key}.min_accuracy", "evaluate"],
+                    "export": [f"models.{key}.min_accuracy", "evaluate.max_regression", "export"],
+                    "report_page": [], "report": ["models", "report"],
                     "fetch": ["download", f"fetch.{key}"], "prepare": [f"prepare.{key}"],
                     "fetch_weights": ["download", f"weights.{key}"], "features": [f"features.{key}"]}[group]
         assert declared == sorted(expected), f"{stage.addressing}: params {declared}, expected {expected}"
@@ -135,10 +133,10 @@ def stale_after(repo, env, files: list[str]) -> set[str]:
             shutil.copy(REPO / f, repo / f)
 
 
-FETCH_AND_FORMATS = ["tasks/download.py", "tasks/hashing.py", "tasks/fetch.py", "tasks/remote_zip.py",
-                     "tasks/image_fetch.py", "tasks/archives.py", "tasks/kaggle_api.py", "tasks/idx.py",
-                     "tasks/emnist_mat.py", "tasks/normalize.py", "tasks/images.py", "tasks/weights.py",
-                     "tasks/sniff.py", "tasks/mirrors.py"]
+FETCH_AND_FORMATS = ["tasks/fetch/download.py", "tasks/fetch/arrays.py", "tasks/fetch/remote_zip.py",
+                     "tasks/fetch/photos.py", "tasks/fetch/archives.py", "tasks/fetch/kaggle_api.py", "tasks/formats/idx.py",
+                     "tasks/formats/emnist_mat.py", "tasks/formats/normalize.py", "tasks/prepare/images.py",
+                     "tasks/fetch/weights.py", "tasks/fetch/mirrors.py", "tasks/prepare/splits.py"]
 DIGITS = ("mnist", "emnist")
 
 
@@ -147,23 +145,24 @@ def test_a_change_to_one_layer_leaves_the_others_up_to_date(tmp_path):
     keys = lambda stages, prefix: {s for s in stages if s.startswith(prefix)}  # noqa: E731
 
     # the downloader, any fetch or format module: the data line only
-    stale = stale_after(repo, env, [f for f in FETCH_AND_FORMATS if f != "tasks/hashing.py"])
+    stale = stale_after(repo, env, FETCH_AND_FORMATS)
     assert stale and not {s for s in stale if s.split("@")[0] in ("features", "train", "evaluate", "export")}, stale
     assert keys(stale, "fetch@") and keys(stale, "prepare@") and keys(stale, "fetch_weights@")
-    # the small CNNs: digit and letter models only, no cards stage
-    stale = stale_after(repo, env, ["tasks/models.py"])
-    assert stale == {f"train@{k}" for k, r in repo_params()["models"].items() if r["init"] == "tasks/models.py"}, stale
+    # the small CNNs' package (its architectures): digit and letter models only, no cards stage
+    stale = stale_after(repo, env, ["tasks/cnn/models.py"])
+    assert stale == {f"train@{k}" for k, r in repo_params()["models"].items() if r["trainer"] == "tasks/cnn"}, stale
     assert not [s for s in stale if "cards" in s]
-    # the photo trainer: photo models only, no digits stage (and not the features caches either)
+    # the photo package: photo models, their caches and teachers' targets only, no digits stage
     stale = stale_after(repo, env, ["tasks/photo/train.py", "tasks/photo/heads.py", "tasks/photo/augment.py"])
     assert stale == ({f"train@{k}" for k, r in repo_params()["models"].items() if r["trainer"] == "tasks/photo"}
-                     | {f"distill@{k}" for k in repo_params()["distill"]}), stale
+                     | {f"features@{k}" for k in repo_params()["features"]}
+                     | {f"teach@{k}" for k in repo_params()["teach"]}), stale
     assert not [s for s in stale if s.split("@")[-1].startswith(DIGITS)]
     # the digits trainer: the digits models only
-    stale = stale_after(repo, env, ["tasks/train.py"])
-    assert stale == {f"train@{k}" for k, r in repo_params()["models"].items() if r["trainer"] == "tasks/train.py"}
+    stale = stale_after(repo, env, ["tasks/cnn/train.py"])
+    assert stale == {f"train@{k}" for k, r in repo_params()["models"].items() if r["trainer"] == "tasks/cnn"}
     # evaluation code: evaluate@ and export@ of every model, nothing upstream
-    stale = stale_after(repo, env, ["tasks/evaluate.py"])
+    stale = stale_after(repo, env, ["tasks/evaluate/metrics.py"])
     assert {s.split("@")[0] for s in stale} == {"evaluate", "export"}
 
 
@@ -172,15 +171,15 @@ def test_a_change_to_one_layer_leaves_the_others_up_to_date(tmp_path):
 
 def test_a_model_recipe_added_in_params_alone_gets_its_stages_and_the_report_follows(tmp_path):
     text = (REPO / "params.yaml").read_text()
-    recipe = ("  mnist_tiny:  # added by the test\n    dataset: mnist\n    init: tasks/models.py\n"
-              "    trainer: tasks/train.py\n    epochs: 1\n    min_accuracy: 0.5\n")
-    assert "models: &models\n" in text
-    repo, env = new_repo(tmp_path, params_text=text.replace("models: &models\n", "models: &models\n" + recipe, 1))
+    recipe = ("  mnist_tiny:  # added by the test\n    dataset: mnist\n    init: tasks/cnn/models.py\n"
+              "    trainer: tasks/cnn\n    epochs: 1\n    min_accuracy: 0.5\n")
+    assert "\nmodels:\n" in text
+    repo, env = new_repo(tmp_path, params_text=text.replace("\nmodels:\n", "\nmodels:\n" + recipe, 1))
     stages = {s.name: s for s in stages_of(repo)}
     for group in ("train", "evaluate", "export", "report_page"):
         assert f"{group}@mnist_tiny" in stages
     train = stages["train@mnist_tiny"]
-    assert {d.def_path for d in train.deps} >= {"data/processed/mnist", "tasks/models.py", "tasks/train.py"}
+    assert {d.def_path for d in train.deps} >= {"data/processed/mnist", "tasks/cnn/models.py", "tasks/cnn"}
     page_outs = {o.def_path for o in stages["report_page@mnist_tiny"].outs}
     assert "reports/summaries/mnist_tiny.json" in page_outs
     assert "reports/summaries" in {d.def_path for d in stages["report"].deps}  # the index follows the folder
@@ -190,19 +189,21 @@ def test_a_model_recipe_added_in_params_alone_gets_its_stages_and_the_report_fol
 
 
 def test_a_distillation_recipe_is_ordered_after_its_teacher(tmp_path):
+    """A student is one more recipe under `models` whose `init` is a teach@ output: its train@ runs after
+    teach@, which runs after the teacher's train@ and the student's features cache."""
     text = (REPO / "params.yaml").read_text()
-    student = ("distill: &distill\n  cards_student:\n    dataset: cards\n    init: data/features/cards_v2_035\n"
-               "    trainer: tasks/photo\n    teacher: models/cards_ours_v2_100/model.keras\n"
-               "    distill_weight: 0.5\n    min_accuracy: 0.5\n")
-    assert "distill: &distill\n" in text
-    repo, env = new_repo(tmp_path, params_text=text.replace("distill: &distill\n", student, 1))
+    student = ("\nmodels:\n  cards_student:\n    dataset: cards\n    init: data/teach/cards_v2_100_to_v2_035\n"
+               "    trainer: tasks/photo\n    distill_weight: 0.5\n    min_accuracy: 0.5\n")
+    assert "\nmodels:\n" in text
+    repo, env = new_repo(tmp_path, params_text=text.replace("\nmodels:\n", student, 1))
     stages = {s.name: s for s in stages_of(repo)}
-    assert {"distill@cards_student", "evaluate@cards_student", "export@cards_student"} <= set(stages)
-    assert "distill@cards_distill_v2_035" in stages  # the committed student is still there
-    assert "train@cards_student" not in stages
-    assert "models/cards_ours_v2_100/model.keras" in {d.def_path for d in stages["distill@cards_student"].deps}
-    dag = run(["dvc", "dag", "--dot", "distill@cards_student"], repo, env)
-    assert "train@cards_ours_v2_100" in dag
+    assert {"train@cards_student", "evaluate@cards_student", "export@cards_student"} <= set(stages)
+    assert "train@cards_distill_v2_035" in stages  # the committed student is still there
+    assert "data/teach/cards_v2_100_to_v2_035" in {d.def_path for d in stages["train@cards_student"].deps}
+    teach = stages["teach@cards_v2_100_to_v2_035"]
+    assert {"models/cards_ours_v2_100/model.keras", "data/features/cards_v2_035"} <= {d.def_path for d in teach.deps}
+    dag = run(["dvc", "dag", "--dot", "train@cards_student"], repo, env)
+    assert "train@cards_ours_v2_100" in dag and "teach@cards_v2_100_to_v2_035" in dag
 
 
 def test_a_folder_dataset_added_in_params_alone_is_built_by_dvc_repro(tmp_path):

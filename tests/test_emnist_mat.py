@@ -1,4 +1,4 @@
-"""tasks.emnist_mat: NIST's EMNIST .mat layout, round trips and precise errors."""
+"""tasks.formats.emnist_mat: NIST's EMNIST .mat layout, round trips and precise errors."""
 from __future__ import annotations
 
 import gzip
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tasks.emnist_mat import MatFormatError, read_emnist_mat, write_emnist_mat
-from tasks.normalize import emnist_upright
+from tasks.formats.emnist_mat import MatFormatError, read_emnist_mat, write_emnist_mat
+from tasks.formats.normalize import emnist_upright
 
 from fixtures import (  # tests/ is on sys.path (conftest.py)
     EMNIST_DECOY_MEMBER, EMNIST_MAT_MEMBER, emnist_like, letters_mapping, mnist_like, sha256_bytes,

@@ -5,11 +5,11 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.evaluate import (bless, confusion_matrix, evaluate, gate_params, most_confused, per_class_metrics,
+from tasks.evaluate.metrics import (bless, confusion_matrix, evaluate, gate_params, most_confused, per_class_metrics,
                             top_k_accuracy)
-from tasks.models import build
-from tasks.report import write_report
-from tasks.shards import write_dataset
+from tasks.cnn.models import build
+from tasks.report.pages import write_report
+from tasks.records.shards import write_dataset
 
 
 def test_metrics_on_a_hand_made_confusion():
@@ -111,7 +111,7 @@ def test_misclassified_grid_captions_do_not_overlap(tmp_path, monkeypatch):
     another cell's image."""
     import matplotlib.pyplot as plt
 
-    from tasks.evaluate import plot_examples
+    from tasks.evaluate.metrics import plot_examples
 
     figures = []
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.export import export, make_interpreter, parity, promote, run_tflite
-from tasks.models import build
-from tasks.predict import predict
-from tasks.shards import write_dataset
+from tasks.evaluate.export import export, make_interpreter, parity, promote, run_tflite
+from tasks.cnn.models import build
+from tasks.evaluate.predict import predict
+from tasks.records.shards import write_dataset
 
 NAMES = ["a", "b", "c", "d"]
 

@@ -29,7 +29,7 @@ def test_flow_task_retries_a_failed_fetch(tmp_path, prefect_harness, monkeypatch
     from flows import data
 
     calls = []
-    real = data.fetch_step.fetch
+    real = data.data_stages.fetch_stage
 
     def flaky(project, key):
         calls.append(key)
@@ -37,7 +37,7 @@ def test_flow_task_retries_a_failed_fetch(tmp_path, prefect_harness, monkeypatch
             raise ConnectionError("simulated outage")
         return real(project, key)
 
-    monkeypatch.setattr(data.fetch_step, "fetch", flaky)
+    monkeypatch.setattr(data.data_stages, "fetch_stage", flaky)
     mirror = tmp_path / "mirror"
     pins = write_mirror(mirror, mat=False, idx=False)
     root = tmp_path / "proj"

@@ -121,7 +121,7 @@ def test_deployment_parameters_are_the_flows():
     assert not missing, f"prefect.yaml passes parameters the flow does not take: {missing}"
 
 
-# ---- the trainer's GPU switch (tasks/train.py `_setup`), devices mocked
+# ---- the trainer's GPU switch (tasks/cnn/train.py `_setup`), devices mocked
 class FakeMirrored:
     def __init__(self, *args, **kwargs):
         self.args = args
@@ -151,7 +151,7 @@ def test_train_asks_tensorflow_for_the_gpus(monkeypatch, tmp_path):
     """train() hands what tf.config.list_physical_devices("GPU") reports to the switch."""
     import tensorflow as tf
 
-    from tasks import train
+    from tasks.cnn import train
 
     fake = [tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")]
     asked, seen = [], []

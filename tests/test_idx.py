@@ -1,4 +1,4 @@
-"""tasks.idx: IDX round trips and every validation error."""
+"""tasks.formats.idx: IDX round trips and every validation error."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.idx import IdxError, read_idx, write_idx
+from tasks.formats.idx import IdxError, read_idx, write_idx
 
 from fixtures import MNIST_FILES, mnist_like, sha256_file, write_mnist_dir  # tests/ is on sys.path (conftest.py)
 

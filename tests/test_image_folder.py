@@ -9,14 +9,14 @@ import pytest
 from PIL import Image, ImageFile
 
 from photos import class_tree, encoded, jpeg, pattern, small_prepare, write, write_params
-from tasks import image_folder
+from tasks.prepare import photos as image_folder
 from tasks.cli import main
-from tasks.config import Project
-from tasks.download import NotFound
-from tasks.fetch import fetch
-from tasks.images import BadImage, Options, convert
-from tasks.prepare import prepare
-from tasks.shards import read_split
+from tasks.stages.project import Project
+from tasks.fetch.download import NotFound
+from tasks.stages.data import fetch_stage as fetch
+from tasks.prepare.images import BadImage, Options, convert
+from tasks.stages.data import prepare_stage as prepare
+from tasks.records.shards import read_split
 from tasks.sources.banknotes import STUDY_CLASSES, parse_class
 
 

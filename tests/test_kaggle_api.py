@@ -10,10 +10,10 @@ import pytest
 
 from photos import class_tree, small_prepare, write_params
 from tasks.cli import main
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.kaggle_api import parse_slug, redact
-from tasks.prepare import prepare
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.fetch.kaggle_api import parse_slug, redact
+from tasks.stages.data import prepare_stage as prepare
 
 SLUG = "gpiosenka/cards-image-datasetclassification"
 KEY = "s3cr3t-kaggle-key-0123456789"

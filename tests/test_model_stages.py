@@ -4,10 +4,10 @@ import json
 import yaml
 
 from project import write_mirror, write_params
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.model_stages import evaluate_stage, export_stage, report_page_stage, report_stage, train_stage
-from tasks.prepare import prepare
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.models import evaluate_stage, export_stage, report_page_stage, report_stage, train_stage
+from tasks.stages.data import prepare_stage as prepare
 
 
 SMALL = {"arch": "reference_cnn", "epochs": 1, "batch_size": 16, "seed": 1, "patience": 2}
@@ -20,10 +20,10 @@ def tiny_project(tmp_path):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update({
         "models": {
-            "mnist_scratch": {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py", **SMALL,
+            "mnist_scratch": {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn", **SMALL,
                               "min_accuracy": 0.0},
             "mnist_transfer_conv": {"dataset": "mnist", "init": "models/mnist_scratch/model.keras",
-                                    "trainer": "tasks/train.py", **SMALL, "freeze": "conv", "min_accuracy": 0.0},
+                                    "trainer": "tasks/cnn", **SMALL, "freeze": "conv", "min_accuracy": 0.0},
         },
         "evaluate": {"top_k": 3, "max_regression": 1.0, "grid": 4, "most_confused": 3},
         "export": {"representative_samples": 16, "latency_runs": 3, "batch_size": 32},

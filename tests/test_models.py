@@ -3,8 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.models import ARCHS, build
-from tasks.train import transfer
+from tasks.cnn.models import ARCHS, build
+from tasks.cnn.train import transfer
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -1,4 +1,4 @@
-"""tasks.normalize: EMNIST orientation (proved on asymmetric glyphs), label ranges, label names."""
+"""tasks.formats.normalize: EMNIST orientation (proved on asymmetric glyphs), label ranges, label names."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.idx import read_idx
-from tasks.labels import label_map
-from tasks.normalize import (
+from tasks.formats.idx import read_idx
+from tasks.core.labels import label_map
+from tasks.formats.normalize import (
     LETTERS, digit_label_names, emnist_letter_labels, emnist_upright, letters_label_names,
 )
 

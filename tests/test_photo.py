@@ -1,6 +1,7 @@
 """MobileNet photo trainer: local weights only, the features cache, both training modes, frozen
 layers stay frozen, determinism. Tiny MobileNetV2 (alpha 0.35) on 32x32 synthetic photos."""
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -10,7 +11,7 @@ import pytest
 from tasks.photo import augment, backbones, features
 from tasks.photo.train import train as photo_train
 from tasks.photo.train import photo_recipe
-from tasks.shards import write_dataset
+from tasks.records.shards import write_dataset
 from test_train import python_rng_churn
 
 SIZE, CLASSES = 32, 3
@@ -337,35 +338,47 @@ def test_fine_tune_cosine_schedule_decays_to_one_percent(data, tmp_path):
 
 
 def test_distillation_trains_on_the_teachers_softened_predictions(data, tmp_path):
-    """A student recipe names a trained teacher: its train targets mix the one-hot labels with the
-    teacher's predictions (temperature-softened), in both phases; a missing teacher is a clear error."""
+    """teach@ writes a trained teacher's temperature-softened predictions over a features cache; a student
+    whose `init` is that folder mixes them with the one-hot labels in both phases, starting from the
+    cache. A missing teacher, or a cache changed since, is a clear error."""
+    from tasks.photo import teach
+
     photo_train("teacher", {"models": {"teacher": recipe(head_epochs=2, fine_tune_epochs=0)}},
                 data["processed"], tmp_path / "teacher", data["cache"])
     teacher_file = tmp_path / "teacher" / "model.keras"
-    r = recipe(head_epochs=1, fine_tune_epochs=1, fine_tune_from=130, teacher="models/teacher/model.keras",
-               distill_weight=0.6, distill_temperature=2.0)
-    manifest = json.loads((data["processed"] / "manifest.json").read_text())
-    full = {**photo_train_module().DEFAULTS, **r}
-    soft, labels, info = photo_train_module().teacher_targets(teacher_file, data["processed"], manifest, full)
+    project = tmp_path / "project"  # data/features/<f> and data/teach/<t> as the stages lay them out
+    shutil.copytree(data["cache"], project / "data" / "features" / "c")
+    names = {"teacher": "models/teacher/model.keras", "features": "data/features/c"}
+    record = teach.teach(teacher_file, data["processed"], project / "data" / "features" / "c",
+                         project / "data" / "teach" / "t", {"temperature": 2.0}, names=names)
+    soft, info, cache = teach.load_targets(project / "data" / "teach" / "t")
     assert soft.shape == (24, CLASSES) and np.allclose(soft.sum(axis=1), 1.0, atol=1e-5)
+    assert cache == (project / "data" / "features" / "c").resolve() and info == record
     probs = keras.models.load_model(teacher_file).predict(photos(24, 0)[0], verbose=0)
     sharpened = np.sort(probs ** 0.5 / (probs ** 0.5).sum(axis=1, keepdims=True), axis=0)
     np.testing.assert_allclose(np.sort(soft, axis=0), sharpened, atol=1e-5)  # same rows, stored order aside
     assert info["teacher"] == "models/teacher/model.keras" and info["temperature"] == 2.0
 
     import tensorflow as tf
+    r = recipe(head_epochs=1, fine_tune_epochs=1, fine_tune_from=130, distill_weight=0.6)
+    full = {**photo_train_module().DEFAULTS, **r}
+    labels = features.load_split(data["cache"], "train")[1]
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((24, 1)), labels))
     targets = np.stack([t for _, t in photo_train_module()._with_soft_targets(ds, soft, full, CLASSES)
                         .as_numpy_iterator()])
     np.testing.assert_allclose(targets, 0.4 * np.eye(CLASSES)[labels] + 0.6 * soft, atol=1e-6)
 
     summary = photo_train("student", {"models": {"student": r}}, data["processed"], tmp_path / "student",
-                          data["cache"], teacher=teacher_file)
+                          project / "data" / "teach" / "t")
     assert summary["distillation"]["weight"] == 0.6 and summary["epochs_per_phase"] == {"head": 1, "fine_tune": 1}
+    assert summary["distillation"]["features"] == "data/features/c"
     assert 0.0 <= summary["distillation"]["teacher_train_accuracy"] <= 1.0
     with pytest.raises(FileNotFoundError, match="train the teacher model first"):
-        photo_train("s2", {"models": {"s2": r}}, data["processed"], tmp_path / "s2", data["cache"],
-                    teacher=tmp_path / "nope" / "model.keras")
+        teach.teach(tmp_path / "nope" / "model.keras", data["processed"], project / "data" / "features" / "c",
+                    project / "data" / "teach" / "t2", {}, names=names)
+    (project / "data" / "features" / "c" / "features.json").write_text("{}")  # the cache was rebuilt since
+    with pytest.raises(ValueError, match="rerun teach@t"):
+        teach.load_targets(project / "data" / "teach" / "t")
 
 
 def photo_train_module():

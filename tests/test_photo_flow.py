@@ -50,7 +50,7 @@ def photo_project(tmp_path, http_server):
         "export": {"representative_samples": 8, "representative_pool": 2, "latency_runs": 3, "num_threads": 1,
                    "batch_size": 16, "seed": 0},
     }
-    params.update({"distill": {}, "all_models": dict(params["models"]), "report": {}})
+    params.update({"teach": {}, "report": {}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_dvc_project(root, keep_params=True)  # the repository's dvc.yaml: it grows from params alone
     return root

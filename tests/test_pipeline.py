@@ -6,12 +6,12 @@ import pytest
 
 from fixtures import emnist_like, mnist_like
 from project import serve_dir, write_mirror, write_params
-from tasks.config import Project
-from tasks.download import ChecksumError
-from tasks.fetch import fetch
-from tasks.normalize import emnist_upright
-from tasks.prepare import prepare
-from tasks.shards import read_split
+from tasks.stages.project import Project
+from tasks.fetch.download import ChecksumError
+from tasks.stages.data import fetch_stage as fetch
+from tasks.formats.normalize import emnist_upright
+from tasks.stages.data import prepare_stage as prepare
+from tasks.records.shards import read_split
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.prepare import prepare
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.data import prepare_stage as prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

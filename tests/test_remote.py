@@ -37,14 +37,13 @@ def test_push_then_a_fresh_clone_pulls_everything_and_nothing_reruns(tmp_path, h
     main = yaml.safe_load((REPO / "params.yaml").read_text())
     params.update({k: main[k] for k in ("weights", "features")})  # dvc.yaml's other stages must parse
     params.update({
-        "models": {"tiny": {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py",
+        "models": {"tiny": {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn",
                             "arch": "softmax", "epochs": 1, "batch_size": 16, "seed": 1, "patience": 1,
                             "min_accuracy": 0.0}},
-        "distill": {}, "report": {},
+        "teach": {}, "report": {},
         "evaluate": {"top_k": 3, "max_regression": 1.0, "grid": 4, "most_confused": 3},
         "export": {"representative_samples": 16, "latency_runs": 1, "batch_size": 32},
     })
-    params["all_models"] = dict(params["models"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", **AWS_ENV,
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

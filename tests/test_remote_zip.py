@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from tasks.download import ChecksumError, ContentError, DownloadError, NotFound
-from tasks.remote_zip import MemberNotFound, ZipFormatError, fetch_zip_member
+from tasks.fetch.download import ChecksumError, ContentError, DownloadError, NotFound
+from tasks.fetch.remote_zip import MemberNotFound, ZipFormatError, fetch_zip_member
 
 FAST = dict(backoff_s=0.01, timeout_s=5.0)
 MEMBER = "matlab/emnist-letters.mat"

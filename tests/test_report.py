@@ -5,11 +5,11 @@ import json
 import pytest
 import yaml
 
-from tasks.config import Project
-from tasks.model_stages import report_page_stage, report_stage
+from tasks.stages.project import Project
+from tasks.stages.models import report_page_stage, report_stage
 
 
-def fake_model(root, key, dataset, acc, init="tasks/models.py"):
+def fake_model(root, key, dataset, acc, init="tasks/cnn/models.py"):
     """What train@, evaluate@ and export@ leave for a model (enough for its page)."""
     history = [{"epoch": e, "accuracy": 0.5 + 0.1 * e, "loss": 1.0 - 0.1 * e, "val_accuracy": acc - 0.1 + 0.05 * e,
                 "val_loss": 1.1 - 0.1 * e} for e in range(3)]
@@ -27,9 +27,9 @@ def fake_model(root, key, dataset, acc, init="tasks/models.py"):
 
 
 def project(tmp_path, keys, transfer_models):
-    recipes = {k: {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py", "min_accuracy": 0.5}
+    recipes = {k: {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn", "min_accuracy": 0.5}
                for k in keys}
-    params = {"models": recipes, "distill": {}, "all_models": recipes,
+    params = {"models": recipes, "teach": {},
               "report": {"transfer": {"models": transfer_models, "dashed": [], "title": "t", "caption": "c"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for i, k in enumerate(keys):
@@ -63,7 +63,7 @@ def test_the_index_names_a_missing_page_and_skips_the_figure_when_unconfigured(t
 
 
 def test_a_params_table_lists_its_models_with_parameters_and_int8_numbers():
-    from tasks.report import model_table
+    from tasks.report.pages import model_table
 
     rows = {"a": {"key": "a", "arch": "softmax", "params": 7850, "accuracy": 0.9259, "epochs_run": 10,
                   "seconds": 59.4, "tflite": {"int8": {"accuracy": 0.9257, "agreement": 0.9957}}},

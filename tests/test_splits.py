@@ -1,6 +1,6 @@
 from collections import Counter
 
-from tasks.splits import carve, percentage, shuffle_order, split_of
+from tasks.prepare.splits import carve, percentage, shuffle_order, split_of
 
 
 def test_split_is_a_pure_function_of_the_id():

@@ -1,5 +1,5 @@
 """Prepared datasets read by standard tools: TFDS (builder_from_directory and tfds.load) and the
-Parquet example index, both checked against tasks.shards.read_split on fixtures; and the opt-in
+Parquet example index, both checked against tasks.records.shards.read_split on fixtures; and the opt-in
 real-data check that our MNIST test split equals TFDS's own `mnist` builder's."""
 import hashlib
 import io
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from photos import class_tree, small_prepare, write_params
-from tasks.config import Project
-from tasks.fetch import fetch
-from tasks.prepare import prepare
-from tasks.shards import read_split
-from tasks.tables import read_table
-from tasks.tfds_export import tfds_name
+from tasks.stages.project import Project
+from tasks.stages.data import fetch_stage as fetch
+from tasks.stages.data import prepare_stage as prepare
+from tasks.records.shards import read_split
+from tasks.records.tables import read_table
+from tasks.prepare.tfds_export import tfds_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -38,7 +38,7 @@ def digests(examples) -> dict:
 def check_tfds_equals_ours(processed: Path, key: str):
     import tensorflow_datasets as tfds
 
-    from tasks.shards import load_manifest
+    from tasks.records.shards import load_manifest
 
     manifest = load_manifest(processed)
     names = [manifest["labels"][str(i)] for i in range(len(manifest["labels"]))]
@@ -71,7 +71,7 @@ def check_tfds_equals_ours(processed: Path, key: str):
 
 
 def check_index(processed: Path):
-    from tasks.shards import load_manifest
+    from tasks.records.shards import load_manifest
 
     manifest = load_manifest(processed)
     index = read_table(processed / "index.parquet")

@@ -9,12 +9,12 @@ import pytest
 from keras import layers
 from PIL import Image
 
-from tasks import tflite_metadata as tm
-from tasks.export import run_tflite, to_tflite_float32, to_tflite_int8
-from tasks.models import build
+from tasks.evaluate import tflite_metadata as tm
+from tasks.evaluate.export import run_tflite, to_tflite_float32, to_tflite_int8
+from tasks.cnn.models import build
 from tasks.photo.backbones import front
-from tasks.predict import predict
-from tasks.shards import write_dataset
+from tasks.evaluate.predict import predict
+from tasks.records.shards import write_dataset
 
 NAMES = ["red", "green", "blue"]
 SIZE = 32
@@ -33,7 +33,7 @@ def photos(n, seed):
 @pytest.fixture(scope="module")
 def photo_export(tmp_path_factory):
     """A tiny photo model (uint8 RGB in, MobileNet-style rescaling inside) through `export`."""
-    from tasks.export import export
+    from tasks.evaluate.export import export
 
     tmp = tmp_path_factory.mktemp("meta")
     train, valid = photos(60, 0), photos(12, 1)
@@ -99,7 +99,7 @@ def test_metadata_fields_read_by_the_schemas_own_code(photo_export, kind):
 
 
 def test_int8_takes_uint8_pixels_and_sizes_are_reported(photo_export):
-    from tasks.export import make_interpreter
+    from tasks.evaluate.export import make_interpreter
 
     interp = make_interpreter(photo_export["models"] / "model_int8.tflite")
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]

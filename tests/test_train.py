@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.shards import write_dataset
-from tasks.train import prepare_out_dir, recipe_for, train
+from tasks.records.shards import write_dataset
+from tasks.cnn.train import prepare_out_dir, recipe_for, train
 
 
 def synthetic(n, num_classes, seed=0):
@@ -59,7 +59,7 @@ class Recorder(keras.callbacks.Callback):
 
 
 def test_recipe_merges_defaults():
-    params = {"models": {"m": {"arch": "bn_cnn", "epochs": 2, "init": "tasks/models.py"},
+    params = {"models": {"m": {"arch": "bn_cnn", "epochs": 2, "init": "tasks/cnn/models.py"},
                          "t": {"init": "models/m/model.keras", "freeze": "conv"}}}
     r = recipe_for(params, "m")
     assert (r["arch"], r["epochs"], r["batch_size"], r["freeze"], r["transfer_from"]) == ("bn_cnn", 2, 128, "none", None)
@@ -193,7 +193,7 @@ def test_a_kill_while_model_keras_is_written_loses_nothing_and_reruns_identicall
 
 
 def test_a_kill_between_the_log_row_and_the_backup_redoes_that_epoch_once(tmp_path, monkeypatch):
-    import tasks.train as t
+    import tasks.cnn.train as t
 
     data = processed(tmp_path / "data")
     out = tmp_path / "m"
@@ -252,7 +252,7 @@ def test_a_backup_with_no_readable_state_trains_from_the_start(tmp_path, caplog)
 
 
 def test_a_finished_training_whose_model_is_unreadable_is_refused_and_keeps_its_backup(tmp_path):
-    import tasks.train as t
+    import tasks.cnn.train as t
 
     data = processed(tmp_path / "data")
     out = tmp_path / "m"

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from imports import REPO
-from tasks.config import Project
-from tasks.validate import ParamsError, literal_keys, validate
+from tasks.stages.project import Project
+from tasks.stages.validate import ParamsError, literal_keys, validate
 
 
 def params() -> dict:
@@ -14,7 +14,6 @@ def params() -> dict:
 
 def with_recipe(p: dict, key: str, recipe: dict, section: str = "models") -> dict:
     p[section] = {**(p.get(section) or {}), key: recipe}
-    p["all_models"] = {**p["models"], **(p.get("distill") or {})}
     return p
 
 
@@ -32,20 +31,19 @@ def test_the_project_params_are_valid():
     ("features.cards_v2_035", "batchsize", "batch_size"),
     ("fetch.emnist_letters", "fromat", "format"),
     ("weights.mobilenet_v2_035_224", "sha265", "sha256"),
+    ("teach.cards_v2_100_to_v2_035", "temprature", "temperature"),
 ])
 def test_an_unknown_key_fails_naming_it_and_the_nearest_valid_key(where, typo, hint):
     p = params()
     section, _, key = where.partition(".")
     target = p[section][key] if key else p[section]
     target[typo] = 3
-    if section == "models":
-        p["all_models"] = {**p["models"], **p["distill"]}
     with pytest.raises(ParamsError, match=rf"params.yaml {where}: unknown key `{typo}` \(did you mean `{hint}`\?\)"):
         validate(p)
 
 
 def test_a_typo_fails_before_any_work(tmp_path):
-    p = with_recipe(params(), "m", {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py",
+    p = with_recipe(params(), "m", {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn",
                                     "epoch": 3})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     with pytest.raises(ParamsError, match="models.m: unknown key `epoch` \\(did you mean `epochs`\\?\\)"):
@@ -62,16 +60,16 @@ def test_sections_that_do_not_exist_are_errors_with_where_the_defaults_live():
 
 def test_a_recipe_names_its_dataset_init_and_trainer():
     for missing in ("dataset", "init", "trainer"):
-        recipe = {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py"}
+        recipe = {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn"}
         del recipe[missing]
         with pytest.raises(ParamsError, match=f"models.m: missing `{missing}`"):
             validate(with_recipe(params(), "m", recipe))
-    with pytest.raises(ParamsError, match="unknown trainer `tasks/trian.py` \\(did you mean `tasks/train.py`\\?\\)"):
-        validate(with_recipe(params(), "m", {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/trian.py"}))
+    with pytest.raises(ParamsError, match="unknown trainer `tasks/trian` \\(did you mean `tasks/cnn`\\?\\)"):
+        validate(with_recipe(params(), "m", {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/trian"}))
 
 
 def test_recipe_keys_follow_the_trainer():
-    digits = {"dataset": "mnist", "init": "tasks/models.py", "trainer": "tasks/train.py"}
+    digits = {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn"}
     for arch in ("softmax", "mlp", "lecture_conv", "lecture_conv_dense", "lecture_conv_pool_dense", "bn_cnn2"):
         validate(with_recipe(params(), "m", {**digits, "arch": arch, "epochs": 2, "min_accuracy": 0.9}))
     with pytest.raises(ParamsError, match="models.m: unknown key `head_epochs`"):  # a photo key on a digits recipe
@@ -79,19 +77,29 @@ def test_recipe_keys_follow_the_trainer():
     photo = {"dataset": "cards", "init": "data/features/cards_v2_035", "trainer": "tasks/photo"}
     with pytest.raises(ParamsError, match="models.p: unknown key `freeze`"):  # and a digits key on a photo one
         validate(with_recipe(params(), "p", {**photo, "freeze": "conv"}))
-    student = {**photo, "teacher": "models/cards_ours_v2_100/model.keras", "distill_weight": 0.5}
-    validate(with_recipe(params(), "s", student, section="distill"))
-    with pytest.raises(ParamsError, match="models.s: a recipe with a `teacher` goes under `distill`"):
-        validate(with_recipe(params(), "s", student))
-    with pytest.raises(ParamsError, match="distill.s: missing `teacher`"):
-        validate(with_recipe(params(), "s", photo, section="distill"))
+    student = {**photo, "init": "data/teach/cards_v2_100_to_v2_035", "distill_weight": 0.5}
+    validate(with_recipe(params(), "s", student))
+    with pytest.raises(ParamsError, match="models.s: a recipe names its teacher through `init: data/teach/<t>`"):
+        validate(with_recipe(params(), "s", {**student, "teacher": "models/cards_ours_v2_100/model.keras"}))
+    with pytest.raises(ParamsError, match=r"models.s.init: data/teach/nope names no entry of `teach`"):
+        validate(with_recipe(params(), "s", {**student, "init": "data/teach/nope"}))
+    with pytest.raises(ParamsError, match="models.s: `distill_weight` needs a teacher"):
+        validate(with_recipe(params(), "s", {**photo, "distill_weight": 0.5}))
 
 
-def test_all_models_is_models_and_distill_merged():
-    p = params()
-    p["all_models"] = {**p["all_models"], "stray": {"dataset": "mnist"}}
-    with pytest.raises(ParamsError, match="all_models: must be exactly `models` and `distill` merged"):
-        validate(p)
+def test_every_recipe_lives_once_under_models_and_a_teach_entry_names_real_things():
+    """No second copy of the recipes (the YAML merge `all_models` made `dvc exp run -S models...` a
+    no-op): the old sections are errors that say where recipes go."""
+    for old in ("distill", "all_models"):
+        with pytest.raises(ParamsError, match=rf"`{old}`: every recipe lives once under `models`"):
+            validate({**params(), old: {}})
+    for change, message in (({"features": "nope"}, "teach.t.features: no features entry `nope`"),
+                            ({"teacher": "models/nope/model.keras"}, "teach.t.teacher: expected models/<a recipe"),
+                            ({"teacher": ""}, "teach.t: missing `teacher`")):
+        p = params()
+        p["teach"]["t"] = {**p["teach"]["cards_v2_100_to_v2_035"], **change}
+        with pytest.raises(ParamsError, match=message):
+            validate(p)
 
 
 def test_datasets_name_their_source_module():
@@ -111,11 +119,11 @@ def test_datasets_name_their_source_module():
 def test_code_defaults_and_params_never_disagree():
     """Where params.yaml sets a key that also has a code default, the two hold the same value (the
     code default is what an omitted key means; params.yaml is not a second, different default)."""
-    from tasks.download import download_options
-    from tasks.evaluate import EVAL_DEFAULTS
-    from tasks.export import EXPORT_DEFAULTS
-    from tasks.image_folder import DEFAULTS as FOLDER
-    from tasks.prepare import ARRAY_DEFAULTS
+    from tasks.fetch.download import download_options
+    from tasks.evaluate.metrics import EVAL_DEFAULTS
+    from tasks.evaluate.export import EXPORT_DEFAULTS
+    from tasks.prepare.photos import DEFAULTS as FOLDER
+    from tasks.prepare.arrays import ARRAY_DEFAULTS
     from tasks.sources import is_image_folder, source
 
     p = params()
@@ -131,10 +139,10 @@ def test_code_defaults_and_params_never_disagree():
 
 
 def test_trainer_defaults_are_read_without_importing_tensorflow():
-    assert "epochs" in literal_keys("train.py") and "head_epochs" in literal_keys("photo/train.py")
+    assert "epochs" in literal_keys("cnn/train.py") and "head_epochs" in literal_keys("photo/train.py")
     import subprocess
     import sys
-    code = ("import sys, yaml; from tasks.validate import validate; "
+    code = ("import sys, yaml; from tasks.stages.validate import validate; "
             f"validate(yaml.safe_load(open({str(REPO / 'params.yaml')!r}))); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

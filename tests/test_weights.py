@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from project import serve_dir
-from tasks.config import Project
-from tasks.download import ChecksumError, ContentError, NotFound
-from tasks.weights import KERAS3, LEGACY, fetch_weights, weights_dir, weights_file
+from tasks.stages.project import Project
+from tasks.fetch.download import ChecksumError, ContentError, NotFound
+from tasks.fetch.weights import KERAS3, LEGACY, weights_file
+from tasks.stages.data import weights_stage as fetch_weights
 
 UPSTREAM = ("tensorflow/keras-applications/mobilenet_v2/"
             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
@@ -77,10 +78,10 @@ def test_upstream_download_pinned(tmp_path, http_server, files):
     assert record["source"] == "upstream" and record["pinned"] and record["url"] == url
     assert record["format"] == LEGACY and record["file"] == NAME
     assert record["bytes"] == len(files["legacy"]) and record["sha256"] == sha(files["legacy"])
-    assert json.loads((weights_dir(project, "mnv2") / "fetch.json").read_text()) == record
-    assert weights_file(project, "mnv2").read_bytes() == files["legacy"]
-    assert sorted(p.name for p in weights_dir(project, "mnv2").iterdir()) == sorted([NAME, "fetch.json"])
-    assert_loads(weights_file(project, "mnv2"), files["values"])
+    assert json.loads((project.weights_dir("mnv2") / "fetch.json").read_text()) == record
+    assert weights_file(project.weights_dir("mnv2"), "mnv2").read_bytes() == files["legacy"]
+    assert sorted(p.name for p in project.weights_dir("mnv2").iterdir()) == sorted([NAME, "fetch.json"])
+    assert_loads(weights_file(project.weights_dir("mnv2"), "mnv2"), files["values"])
 
 
 def test_mirror_upstream_layout_first(tmp_path, http_server, files):
@@ -113,7 +114,7 @@ def test_mirror_alternative(tmp_path, http_server, files, monkeypatch):
     assert record["format"] == KERAS3 and record["file"] == Path(ALT).name
     assert record["url"] == "$TLPIPE_MIRROR/" + ALT and record["sha256"] == sha(files["keras3"])
     assert [r.status for r in http_server.requests] == [404, 404, 200]
-    assert_loads(weights_file(project, "mnv2"), files["values"])
+    assert_loads(weights_file(project.weights_dir("mnv2"), "mnv2"), files["values"])
 
 
 def test_local_file_wins_with_its_own_pin(tmp_path, files, monkeypatch):
@@ -132,7 +133,7 @@ def test_keras3_content_under_an_h5_name_is_renamed_so_keras_loads_it(tmp_path, 
     project = make_project(tmp_path, {"file": str(tmp_path / "mine.h5"), "file_sha256": sha(files["keras3"])})
     record = fetch_weights(project, "mnv2")
     assert record["file"] == "mine.weights.h5"
-    assert_loads(weights_file(project, "mnv2"), files["values"])
+    assert_loads(weights_file(project.weights_dir("mnv2"), "mnv2"), files["values"])
 
 
 def test_sha_mismatch_names_expected_and_got(tmp_path, http_server, files):
@@ -140,7 +141,7 @@ def test_sha_mismatch_names_expected_and_got(tmp_path, http_server, files):
     project = make_project(tmp_path, {"url": url, "sha256": "ab" * 32})
     with pytest.raises(ChecksumError, match=f"expected {'ab' * 32}, got {sha(files['legacy'])}"):
         fetch_weights(project, "mnv2")
-    assert not weights_dir(project, "mnv2").exists()
+    assert not project.weights_dir("mnv2").exists()
     assert not list((tmp_path / "data" / "weights").iterdir())  # no temp dir left behind
 
 
@@ -160,7 +161,7 @@ def test_html_page_instead_of_hdf5(tmp_path, http_server, files):
     project = make_project(tmp_path, {"url": url, "sha256": sha(files["legacy"])})
     with pytest.raises(ContentError, match=f"{NAME} from .* is not an HDF5 weights file: got an HTML page"):
         fetch_weights(project, "mnv2")
-    assert not weights_dir(project, "mnv2").exists()
+    assert not project.weights_dir("mnv2").exists()
 
 
 def test_hdf5_that_is_not_keras_weights(tmp_path):
@@ -314,6 +315,6 @@ def test_real_weights_from_the_shared_mirror(tmp_path, monkeypatch):
         record = fetch_weights(project, key)
         assert (record["source"], record["format"], record["pinned"]) == (source, fmt, True), key
         model = build(alpha=REAL_WEIGHTS[key]["alpha"], input_shape=(224, 224, 3), include_top=False,
-                      weights=str(weights_file(project, key)))
+                      weights=str(weights_file(project.weights_dir(key), key)))
         assert model.count_params() == n_params, key
         assert float(np.abs(model.get_weights()[0]).sum()) > 0, key

@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from tasks.hashing import sha256_file
-from tasks.seeds import Seeds
+from tasks.core.hashing import sha256_file
+from tasks.core.seeds import Seeds
 
 BASES = {
     "mobilenet": lambda **kw: keras.applications.MobileNet(**kw),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.io import atomic_dir, write_json
+from tasks.core.io import atomic_dir, write_json
 
 FEATURES_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0, "image_size": None, "weights": None,
                      "batch_size": 64, "pool": True}
@@ -46,7 +46,7 @@ def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Pa
     import tensorflow as tf
 
     from tasks.photo.backbones import build_base, features_model, sha256, weights_file
-    from tasks.shards import load_manifest, read_split
+    from tasks.records.shards import load_manifest, read_split
 
     cfg = {**FEATURES_DEFAULTS, **(cfg or {})}
     processed_dir, out_dir = Path(processed_dir), Path(out_dir)
@@ -116,20 +116,3 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def is_cache(path: Path | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / INFO).is_file()
-
-
-def features_stage(project, key: str) -> dict:
-    """features@<key>: params `features.<key>` = {dataset, base, alpha, image_size, weights: <weights
-    key> (the single *.h5 in data/weights/<key>/; null = random init), batch_size, pool}; writes
-    data/features/<key>/ and its speed to reports/features/<key>.json."""
-    params = project.params()
-    entries = params.get("features") or {}
-    if key not in entries:
-        raise KeyError(f"no features entry {key!r} in params.yaml features: {sorted(entries)}")
-    cfg = dict(entries[key])
-    weights = project.root / "data" / "weights" / cfg["weights"] if cfg.get("weights") else None
-    if weights is not None and not weights.is_dir():
-        raise FileNotFoundError(f"{weights}: no weights dir for features {key!r} (weights: {cfg['weights']!r});"
-                                f" fetch the weights first")
-    return compute_features(project.processed_dir(cfg["dataset"]), weights, project.root / "data" / "features" / key,
-                            cfg, speed_path=project.root / "reports" / "features" / f"{key}.json")

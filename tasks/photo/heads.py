@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from tasks.seeds import Seeds
+from tasks.core.seeds import Seeds
 
 
 def study_cards(x, num_classes: int, seeds: Seeds, dropout: float = 0.0):

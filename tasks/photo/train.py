@@ -7,7 +7,7 @@ Two modes, chosen by `init_path`:
 - on the fly: a weights file / dir holding one, or a .py file (random init): the full model is built
   here; phase 1 trains the head with the base frozen (or everything, `freeze_base: false`), phase 2
   unfreezes the base from `fine_tune_from` on.
-BN layers stay frozen (inference mode) throughout unless `train_bn: true`. Outputs as tasks/train.py:
+BN layers stay frozen (inference mode) throughout unless `train_bn: true`. Outputs as tasks/cnn/train.py:
 model.keras (best val accuracy over both phases; uint8 image in, softmax out), history.json (epochs
 numbered across phases, each with its `phase`), train.json, log.csv, dvclive/, tb/.
 """
@@ -25,11 +25,11 @@ import tensorflow as tf
 
 from tasks.fit import (HAVE_TENSORBOARD, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir, read_log,
                        save_model, save_weights, setup)
-from tasks.io import write_json
+from tasks.core.io import write_json
 from tasks.photo import augment as aug
-from tasks.photo import backbones, features, heads
-from tasks.seeds import Seeds
-from tasks.shards import load_split
+from tasks.photo import backbones, features, heads, teach
+from tasks.core.seeds import Seeds
+from tasks.records.shards import load_split
 
 DEFAULTS = {
     "base": None, "alpha": None, "image_size": None,  # from the cache, else mobilenet_v2, 1.0, dataset size
@@ -41,10 +41,10 @@ DEFAULTS = {
     "train_bn": None,  # None: BN trains only for a random-init base (frozen random BN zeroes the features)
     "steps_per_epoch": None,                           # None: one pass over the train split
     "augment": dict(aug.AUGMENT_DEFAULTS), "patience": 3, "label_smoothing": 0.0, "cache_images": True,
-    # distillation: `teacher` (a trained models/<key>/model.keras, a dep of train@) makes the train
-    # targets (1 - distill_weight) * one-hot + distill_weight * the teacher's predictions on the clean
-    # train images, softened by distill_temperature (p ** (1/T), renormalised: softmax(logits / T))
-    "teacher": None, "distill_weight": 0.5, "distill_temperature": 2.0,
+    # distillation: an `init` that is a teacher's targets (data/teach/<t>, made by teach@ from a trained
+    # teacher and a features cache) makes the train targets (1 - distill_weight) * one-hot +
+    # distill_weight * the teacher's softened predictions; `teacher` is set from that record
+    "teacher": None, "distill_weight": 0.5,
 }
 ON_THE_FLY_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0}
 HEAD_STATE, HEAD_WEIGHTS = "backup.head.json", "backup.head.weights.h5"
@@ -160,37 +160,6 @@ def feature_datasets(cache: Path, recipe: dict, one_hot: int | None, soft=None):
 # ---------------------------------------------------------------- distillation
 
 
-def teacher_targets(teacher_path: Path, data_dir: Path, manifest: dict, recipe: dict):
-    """(the teacher's softened predictions for every train image in stored order, their labels, a summary).
-
-    Computed once on the clean images (the student sees them augmented): a forward pass of the
-    teacher per image, not per epoch."""
-    teacher_path = Path(teacher_path)
-    if not teacher_path.is_file():
-        raise FileNotFoundError(f"teacher {teacher_path} does not exist: train the teacher model first "
-                                f"(`tlpipe train {teacher_path.parent.name}`)")
-    teacher = keras.models.load_model(teacher_path, compile=False)
-    k = manifest["num_classes"]
-    if tuple(teacher.input_shape[1:]) != tuple(manifest["image_shape"]) or teacher.output_shape[-1] != k:
-        raise ValueError(f"teacher {teacher_path}: takes {teacher.input_shape[1:]} and predicts "
-                         f"{teacher.output_shape[-1]} classes; this dataset has {manifest['image_shape']} images "
-                         f"and {k} classes")
-    train, _ = load_split(data_dir, "train")
-    start = time.time()
-    probs, labels = [], []
-    for x, y in train.batch(64):
-        probs.append(teacher(x, training=False).numpy().astype(np.float64))
-        labels.append(y.numpy())
-    probs, labels = np.concatenate(probs), np.concatenate(labels)
-    t = float(recipe["distill_temperature"])
-    soft = np.power(np.clip(probs, 1e-12, 1.0), 1.0 / t)
-    soft /= soft.sum(axis=1, keepdims=True)
-    summary = {"teacher": recipe["teacher"], "weight": float(recipe["distill_weight"]), "temperature": t,
-               "teacher_train_accuracy": round(float((probs.argmax(1) == labels).mean()), 6),
-               "teacher_seconds": round(time.time() - start, 1)}
-    return soft.astype(np.float32), labels, summary
-
-
 def _with_soft_targets(ds, soft: np.ndarray, recipe: dict, num_classes: int):
     """(x, label) -> (x, (1 - w) * one-hot(label) + w * soft) for a dataset in the teacher's order."""
     w = float(recipe["distill_weight"])
@@ -238,7 +207,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 def prepare(out_dir: Path, live_dir: Path, recipe: dict) -> tuple[bool, dict | None]:
     """(resuming, the finished head phase's state or None). A finished head phase of this same recipe
-    is kept (phase 2 resumes after it); otherwise as tasks.train.prepare_out_dir."""
+    is kept (phase 2 resumes after it); otherwise as tasks.cnn.train.prepare_out_dir."""
     stamp, state = out_dir / "backup.recipe.json", out_dir / HEAD_STATE
     same = stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(recipe))
     if same and state.exists() and (out_dir / HEAD_WEIGHTS).exists():
@@ -269,16 +238,22 @@ def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch
 
 
 def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path: Path | None = None,
-          *, teacher: Path | None = None, live_dir: Path | None = None, extra_callbacks: list | None = None) -> dict:
+          *, live_dir: Path | None = None, extra_callbacks: list | None = None) -> dict:
     """Train photo recipe `model_key` on the processed dataset `data_dir` into `out_dir`; `init_path`:
-    a features cache dir, a weights file or dir, or a .py file / None (random init); `teacher`: the
-    file the recipe's `teacher` names (distillation)."""
-    from tasks.shards import load_manifest
+    a features cache dir, a teacher's targets dir (distillation: its features cache is the start), a
+    weights file or dir, or a .py file / None (random init)."""
+    from tasks.records.shards import load_manifest
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     init_path = Path(init_path) if init_path else None
     manifest = load_manifest(data_dir)
-    recipe, info = resolve(photo_recipe(params, model_key), manifest, init_path)
+    recipe = photo_recipe(params, model_key)
+    soft = distill = None
+    if teach.is_targets(init_path):  # distillation: the teacher's targets, over a features cache
+        soft, distill, init_path = teach.load_targets(init_path)
+        recipe = {**recipe, "teacher": distill["teacher"]}
+        distill = {**distill, "weight": float(recipe["distill_weight"])}
+    recipe, info = resolve(recipe, manifest, init_path)
     cache = init_path if info else None
     weights = features.base_weights(cache) if cache else init_weights(init_path)
     if recipe["train_bn"] is None:
@@ -289,11 +264,6 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     strategy = setup(int(recipe["seed"]), gpus)
     k = manifest["num_classes"]
     one_hot = k if float(recipe["label_smoothing"] or 0) or recipe["teacher"] else None
-    if bool(recipe["teacher"]) != (teacher is not None):
-        raise ValueError(f"{model_key}: recipe teacher {recipe['teacher']!r} but teacher file {teacher}")
-    soft, soft_labels, distill = teacher_targets(teacher, data_dir, manifest, recipe) if teacher else (None,) * 3
-    if soft is not None and cache and not np.array_equal(features.load_split(cache, "train")[1], soft_labels):
-        raise ValueError(f"{cache}: the cached train split is not in the shards' order; rerun features@")
     steps = int(recipe["steps_per_epoch"]) if recipe["steps_per_epoch"] else None
     # built here, before any training, so a bad `fine_tune_schedule` fails before the head phase runs
     fine_tune_lr = learning_rate({"lr": recipe["fine_tune_lr"], "schedule": recipe["fine_tune_schedule"],

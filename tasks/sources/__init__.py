@@ -2,7 +2,7 @@
 
 File-based sources (MNIST, EMNIST) expose `file_sets(fetch_params) -> {format: [RemoteFile]}`
 (alternatives, preferred first) and `load(raw_dir, formats) -> Loaded` (arrays per official split,
-label names, notes). `formats` (tasks.prepare.formats()) hands them the file readers (IDX, .mat) and
+label names, notes). `formats` (tasks.prepare.arrays.formats()) hands them the file readers (IDX, .mat) and
 label conventions, so a source module imports no format code: fetch@<key> depends on the source
 module and the downloader only, prepare@<key> on the readers too.
 

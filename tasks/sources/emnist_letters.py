@@ -53,7 +53,7 @@ def _idx_files() -> list[RemoteFile]:
 
 
 def load(raw_dir: Path, formats) -> Loaded:
-    """Upright images and 0..25 labels from the .mat or IDX form (`formats`: tasks.prepare.formats())."""
+    """Upright images and 0..25 labels from the .mat or IDX form (`formats`: tasks.prepare.arrays.formats())."""
     norm = formats.normalize
     raw = _load_mat(raw_dir, formats) if (raw_dir / MAT_FILE).exists() else _load_idx(raw_dir, formats)
     splits = {split: (norm.emnist_upright(images), norm.emnist_letter_labels(labels))

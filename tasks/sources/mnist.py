@@ -26,7 +26,7 @@ def file_sets(fetch_params: dict) -> dict[str, list[RemoteFile]]:
 
 
 def load(raw_dir: Path, formats) -> Loaded:
-    """The official splits from the IDX files (`formats`: tasks.prepare.formats())."""
+    """The official splits from the IDX files (`formats`: tasks.prepare.arrays.formats())."""
     splits = {}
     for split, prefix in SPLIT_FILES.items():
         images = formats.read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")

@@ -1,0 +1,257 @@
+"""TFLite export (float32 and full-integer int8), labels sidecar, and the Keras/TFLite parity check.
+
+Writes into `out_dir` (models/<model>/): `model_float32.tflite`, `model_int8.tflite`, `labels.txt`
+(one name per line, line i = class id i: the contract `tasks.evaluate.predict` reads), `tflite.json`.
+The float32 model takes raw pixel values 0-255 as float32; the int8 model (full-integer: every
+weight and activation int8) takes the raw uint8 pixels (input scale 1, zero point 0, what MediaPipe
+Tasks, the Task Library and camera apps feed) and returns uint8 scores (scale 1/256). Both carry
+TFLite Metadata (tasks/evaluate/tflite_metadata.py): name, description, version, author, license, input
+normalisation and labels.txt as the output's TENSOR_AXIS_LABELS file. A blessed model is also
+copied to `current_dir`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.io import write_json
+from tasks.records.tables import PREDICTIONS, PREDICTIONS_TFLITE
+from tasks.evaluate.tflite_metadata import add_classifier_metadata
+
+METADATA_DEFAULTS = {"author": "tlpipe", "license": "Apache-2.0", "version": ""}
+EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
+                   "num_threads": 1, "batch_size": 256, "seed": 0, "metadata": dict(METADATA_DEFAULTS)}
+
+
+def make_interpreter(model_path: Path, num_threads: int = 1):
+    """A LiteRT interpreter (ai-edge-litert), or tf.lite's where LiteRT is not importable."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - LiteRT is in the venv
+        import tensorflow as tf
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=str(model_path), num_threads=num_threads)
+
+
+def _float_input_model(model):
+    """The same layers behind a float32 input of raw pixel values 0..255, for the int8 converter
+    (a uint8 Keras input would leave an unquantisable Cast at the front). Recipes are linear chains."""
+    import keras
+
+    shape = model.input_shape[1:]
+    body = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return keras.Sequential([keras.Input(shape=shape, dtype="float32"), *body])
+
+
+def to_tflite_float32(model) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def to_tflite_int8(model, representative: np.ndarray) -> bytes:
+    """Full-integer quantisation (int8 weights and activations) calibrated on `representative`,
+    with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores.
+
+    The input's range comes from the calibration data, so one calibration image gets a 0 and a 255
+    pixel (one pixel each): the input scale is then exactly 1, whatever the images' own range."""
+    import tensorflow as tf
+
+    representative = np.array(representative, copy=True)
+    flat = representative[0].reshape(-1, representative.shape[-1] if representative.ndim == 4 else 1)
+    flat[0], flat[-1] = 0, 255
+    representative[0] = flat.reshape(representative[0].shape)
+    converter = tf.lite.TFLiteConverter.from_keras_model(_float_input_model(model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
+        warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
+        return converter.convert()
+
+
+def quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
+    """Raw pixels -> what the interpreter's input tensor takes (float, uint8 or quantised int8)."""
+    dtype = detail["dtype"]
+    scale, zero = detail["quantization"]
+    if np.issubdtype(dtype, np.floating):
+        return images.astype(dtype)
+    if scale:  # quantised input: q = round(x / scale) + zero_point
+        info = np.iinfo(dtype)
+        q = np.round(images.astype(np.float32) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+    return images.astype(dtype)
+
+
+def dequantize_output(raw: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if np.issubdtype(raw.dtype, np.integer) and scale:
+        return (raw.astype(np.float32) - zero) * scale
+    return raw.astype(np.float32)
+
+
+def run_tflite(model_path: Path, images: np.ndarray, batch_size: int = 256, num_threads: int = 1) -> np.ndarray:
+    """Scores (dequantised) of a TFLite model on raw uint8 images, in batches."""
+    interp = make_interpreter(model_path, num_threads)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    scores, current = [], None
+    for lo in range(0, len(images), batch_size):
+        batch = images[lo:lo + batch_size]
+        if current != len(batch):
+            interp.resize_tensor_input(inp["index"], [len(batch), *inp["shape"][1:]])
+            interp.allocate_tensors()
+            current = len(batch)
+        interp.set_tensor(inp["index"], quantize_input(batch, inp))
+        interp.invoke()
+        scores.append(dequantize_output(interp.get_tensor(out["index"]), out))
+    return np.concatenate(scores)
+
+
+def latency_ms(model_path: Path, image: np.ndarray, runs: int = 200, num_threads: int = 1) -> float:
+    """Median single-image invoke time in milliseconds (after 10 warm-up runs)."""
+    interp = make_interpreter(model_path, num_threads)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], quantize_input(image[None], inp))
+    times = []
+    for i in range(runs + 10):
+        t = time.perf_counter()
+        interp.invoke()
+        if i >= 10:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred: np.ndarray, cfg: dict,
+           scores: np.ndarray | None = None) -> dict:
+    """Accuracy of the TFLite model, its top-1 agreement with Keras, size and latency (`scores`: the
+    model's scores on `images` when already computed)."""
+    if scores is None:
+        scores = run_tflite(tflite_path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
+    pred = scores.argmax(axis=1)
+    return {"accuracy": float(np.mean(pred == labels)), "agreement": float(np.mean(pred == keras_pred)),
+            "bytes": Path(tflite_path).stat().st_size,
+            "latency_ms": round(latency_ms(tflite_path, images[0], int(cfg["latency_runs"]),
+                                           int(cfg["num_threads"])), 4)}
+
+
+def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *,
+           metrics_path: Path | None = None, metrics_out: Path | None = None,
+           current_dir: Path | None = None, info: dict | None = None) -> dict:
+    """Convert, check parity on the whole evaluation split (test, else validation), write evaluate's metrics (`metrics_path`) plus
+    `tflite` to `metrics_out` (default: back into `metrics_path`; a separate file keeps each DVC output
+    owned by one stage), and copy the exported files and metrics to `current_dir` if blessed.
+
+    `info`: the model's `name` and `description` for the TFLite metadata (default: the model file's
+    folder name); author, license and version come from `params["metadata"]` (version "" = the first
+    12 hex digits of the Keras model file's sha256)."""
+    import keras
+
+    from tasks.evaluate.metrics import evaluation_split, load_arrays
+    from tasks.records.shards import load_manifest
+
+    cfg = {**EXPORT_DEFAULTS, **(params or {})}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = keras.models.load_model(model_path)
+    n_rep = int(cfg["representative_samples"])
+    # splits are stored in hash-shuffled order: a seeded draw from the first few x is a fair sample
+    # (a small multiple keeps memory bounded for 224x224 photos)
+    train_x, _, names = load_arrays(processed_dir, "train", limit=int(cfg["representative_pool"]) * n_rep)
+    pick = np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]
+    files = {"float32": out_dir / "model_float32.tflite", "int8": out_dir / "model_int8.tflite"}
+    files["float32"].write_bytes(to_tflite_float32(model))
+    files["int8"].write_bytes(to_tflite_int8(model, train_x[pick]))
+    (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    del train_x
+    manifest = load_manifest(processed_dir)
+    meta = model_info(model_path, cfg, info)
+    sizes = {kind: add_classifier_metadata(path, {**meta, "name": f"{meta['name']} ({kind})"}, names,
+                                           label_attributes=manifest.get("label_attributes") or None)
+             for kind, path in files.items()}
+
+    split = evaluation_split(manifest)
+    images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
+    keras_pred = model.predict(images, batch_size=512, verbose=0).argmax(axis=1)
+    scores = {kind: run_tflite(path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
+              for kind, path in files.items()}
+    result = {kind: parity(path, images, labels, keras_pred, cfg, scores[kind]) for kind, path in files.items()}
+    for kind in files:
+        result[kind]["bytes_without_metadata"] = sizes[kind]["bytes_without"]
+    result["keras_accuracy"] = float(np.mean(keras_pred == labels))
+    result["int8_size_ratio"] = result["int8"]["bytes"] / result["float32"]["bytes"]
+    result["num_threads"], result["split"] = int(cfg["num_threads"]), split
+    write_json(out_dir / "tflite.json", result)
+
+    if metrics_path and Path(metrics_path).exists():
+        metrics_out = Path(metrics_out or metrics_path)
+        metrics = json.loads(Path(metrics_path).read_text())
+        metrics["tflite"] = {k: result[k] for k in ("float32", "int8")}
+        write_json(metrics_out, metrics)
+        result["predictions"] = str(tflite_predictions(Path(metrics_path).parent / PREDICTIONS,
+                                                       metrics_out.parent / PREDICTIONS_TFLITE, ids, scores))
+        result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_out, current_dir)
+    else:
+        result["current"] = False
+    return result
+
+
+def tflite_predictions(keras_table: Path, out: Path, ids: list[str], scores: dict) -> Path | None:
+    """evaluate's predictions table plus each TFLite model's top-1 and its score, row by row."""
+    from tasks.records.tables import read_table, with_tflite, write_table
+
+    if not Path(keras_table).exists():
+        return None
+    table = read_table(keras_table)
+    if table["source_id"].to_pylist() != list(ids):
+        raise ValueError(f"{keras_table}: its rows are not the evaluation split's examples in order; "
+                         "rerun `tlpipe evaluate` for this model")
+    return write_table(out, with_tflite(table, scores))
+
+
+def model_info(model_path: Path, cfg: dict, info: dict | None = None) -> dict:
+    """name, description, version, author, license of the TFLite metadata."""
+    import hashlib
+
+    meta = {**METADATA_DEFAULTS, **(cfg.get("metadata") or {})}
+    if not meta.get("version"):
+        meta["version"] = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:12]
+    name = (info or {}).get("name") or Path(model_path).parent.name
+    description = (info or {}).get("description") or f"{name}: image classifier made by tlpipe"
+    return {**meta, "name": name, "description": description, "version": str(meta["version"])}
+
+
+def bless_evaluation(evaluation_path: Path, metrics_path: Path, gate: dict, baseline_path: Path | None) -> dict:
+    """The one verdict: evaluate@'s numbers (evaluation.json, which carries none) plus `blessed` and
+    `blessing` (min_accuracy, and no regression beyond max_regression from the last blessed model's
+    metrics at `baseline_path`) -> metrics.json, the only file with a `blessed` field."""
+    from tasks.evaluate.metrics import bless
+
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    verdict = bless(evaluation, gate, baseline_path if baseline_path and Path(baseline_path).exists() else None)
+    metrics = {**{k: v for k, v in evaluation.items() if k not in ("blessed", "blessing")},
+               "blessed": verdict["blessed"], "blessing": verdict}
+    write_json(Path(metrics_path), metrics)
+    return metrics
+
+
+def promote(files: list, metrics_path: Path | None, current_dir: Path | None) -> bool:
+    """Copy `files` and the metrics file to `current_dir` if the metrics say blessed; else leave
+    the current model as it is. The copied metrics.json is the next evaluation's blessed baseline."""
+    if not (current_dir and metrics_path and Path(metrics_path).exists()):
+        return False
+    if not json.loads(Path(metrics_path).read_text()).get("blessed"):
+        return False
+    current_dir = Path(current_dir)
+    current_dir.mkdir(parents=True, exist_ok=True)
+    for path in [*map(Path, files), Path(metrics_path)]:
+        shutil.copy2(path, current_dir / path.name)
+    return True

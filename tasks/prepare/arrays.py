@@ -1,0 +1,82 @@
+"""prepare, the array strategy: a source module's arrays (MNIST, EMNIST) -> hash splits -> sharded
+TFRecords + manifest + the readers' files (Parquet index, TFDS metadata)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.io import atomic_dir
+from tasks.formats import readers
+from tasks.prepare.splits import SPLITS, carve, shuffle_order
+from tasks.prepare.tfds_export import write_readers
+from tasks.records.shards import write_dataset
+from tasks.sources import Loaded, fetch_record
+
+log = logging.getLogger(__name__)
+# prepare.<key> of an array dataset (MNIST, EMNIST): the one place the defaults live.
+ARRAY_DEFAULTS = {"validation_percentage": 10, "testing_percentage": 10, "shard_mb": 128, "min_shards": 8}
+
+
+def prepare_arrays(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, workers: int) -> dict:
+    """Build `out_dir` (data/processed/<key>/) from `raw_dir` with settings `p` (params prepare.<key>);
+    returns the manifest."""
+    s = {**ARRAY_DEFAULTS, **p}
+    start = time.perf_counter()
+    loaded = module.load(raw_dir, readers())
+    splits, notes = assign_splits(loaded, float(s["validation_percentage"]), float(s["testing_percentage"]))
+    fetched = fetch_record(raw_dir)
+    if "validation" not in splits:
+        raise ValueError(f"{raw_dir}: the validation split is empty (splits: "
+                         f"{ {k: len(v[1]) for k, v in splits.items()} }; validation_percentage="
+                         f"{s['validation_percentage']}): training needs one; raise "
+                         f"prepare.{key}.validation_percentage")
+    extra = {
+        "dataset": key,
+        "skipped": fetched.get("skipped", []),
+        "notes": loaded.notes + notes,
+        "source": {"format": fetched.get("format"),
+                   "files": [{k: f.get(k) for k in ("url", "member", "sha256", "verified")}
+                             for f in fetched.get("files", [])]},
+        "params": p,
+    }
+    with atomic_dir(out_dir) as tmp:
+        manifest = write_dataset(tmp, splits, loaded.label_names, shard_mb=float(s["shard_mb"]),
+                                 min_shards=int(s["min_shards"]), workers=workers, extra=extra)
+        write_readers(tmp, manifest, key)
+    log.info("prepare %s: %s in %.1f s", key,
+             {s: v["count"] for s, v in manifest["splits"].items()}, time.perf_counter() - start)
+    return manifest
+
+
+def assign_splits(loaded: Loaded, validation_percentage: float, testing_percentage: float):
+    """Official splits kept; validation (and test, when there is none) carved from train by hash.
+
+    Returns ({split: (images, labels, source_ids)} in a stable shuffled order, notes).
+    """
+    has_test = "test" in loaded.splits
+    parts: dict[str, list] = {s: [] for s in SPLITS}
+    for official, (images, labels) in loaded.splits.items():
+        ids = [f"{loaded.source_name}/{official}/{i:06d}" for i in range(len(labels))]
+        if official == "train":
+            names = carve(ids, validation_percentage, 0.0 if has_test else testing_percentage)
+        else:
+            names = np.full(len(ids), official, dtype=object)
+        for split in SPLITS:
+            idx = np.flatnonzero(names == split)
+            if len(idx):
+                parts[split].append((images[idx], labels[idx], [ids[i] for i in idx]))
+    out = {}
+    for split, chunks in parts.items():
+        if chunks:
+            images = np.concatenate([c[0] for c in chunks])
+            labels = np.concatenate([c[1] for c in chunks])
+            ids = [i for c in chunks for i in c[2]]
+            order = shuffle_order(ids)
+            out[split] = (images[order], labels[order], [ids[i] for i in order])
+    notes = [f"validation: {validation_percentage:g}% of official train by stable hash of source id"]
+    if not has_test:
+        notes.append(f"test: {testing_percentage:g}% of official train by stable hash (no official test split)")
+    return out, notes

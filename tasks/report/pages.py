@@ -1,0 +1,233 @@
+"""Markdown reports: one page per model (`reports/<model>/README.md`, stage report_page@<model>) and an
+index (`reports/README.md`, stage report) with a table of final accuracies and the comparison figure
+configured in params.yaml `report.transfer`.
+
+A page reads what the model's stages wrote: `reports/<model>/metrics.json`, `per_class.json` and PNGs
+(evaluate, export), `models/<model>/history.json` and `train.json` (train), and leaves its row of the
+index in `reports/summaries/<model>.json`; the index reads only that folder (and params), so adding a
+model adds a page stage and no edit here or in dvc.yaml.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SUMMARIES = "summaries"   # reports/summaries/<model>.json: a page's row of the index
+
+
+def _load(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def _ms(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def architecture(recipe: dict) -> str:
+    """`reference_cnn`, or `mobilenet_v2 α=1.0 224px + ours head` for photo recipes."""
+    if recipe.get("base"):
+        return (f"{recipe['base']} α={recipe.get('alpha', 1.0)} {recipe.get('image_size', '?')}px"
+                f" + {recipe.get('head', '?')} head")
+    return recipe.get("arch", "?")
+
+
+def side_by_side(rows: list[dict]) -> list[str]:
+    """Markdown: per dataset, every recipe's accuracy, train time, model size and latency."""
+    lines = ["## Recipes side by side", "",
+             "Accuracy on the evaluation split (test, or validation where the dataset has none), "
+             "training time on the machine that trained it, TFLite sizes and single-image latency.", ""]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        lines += [f"### {dataset}", "",
+                  "| model | architecture | split | accuracy | int8 TFLite acc | train s | float32 bytes "
+                  "| int8 bytes | int8 latency ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["dataset"] == dataset):
+            f32, i8 = r["tflite"].get("float32", {}), r["tflite"].get("int8", {})
+            lines.append(f"| {r['key']} | {r['arch']} | {r['split']} | {_pct(r['accuracy'])} | "
+                         f"{_pct(i8.get('accuracy'))} | {r['seconds'] if r['seconds'] is not None else '–'} | "
+                         f"{f32.get('bytes', '–')} | {i8.get('bytes', '–')} | {_ms(i8.get('latency_ms'))} |")
+        lines.append("")
+    return lines
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, key in ((acc, "accuracy"), (loss, "loss")):
+        ax.plot(epochs, [h[key] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_transfer(histories: dict, path: Path, title: str = "", dashed=()) -> None:
+    """Validation accuracy per epoch of the compared models (those in `dashed` dashed), one plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, history in histories.items():
+        ax.plot([h["epoch"] + 1 for h in history], [h["val_accuracy"] for h in history], marker="o",
+                linestyle="--" if key in dashed else "-", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if histories:
+        ax.legend(fontsize=8)
+    else:  # the stage's declared output, even with nothing to compare
+        ax.text(0.5, 0.5, "no curves: set params.yaml report.transfer.models", ha="center", va="center",
+                transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
+    recipe = train.get("recipe", {})
+    lines = [f"# {key}", "",
+             f"Dataset `{recipe.get('dataset', train.get('dataset', '?'))}`, arch `{architecture(recipe)}`"
+             + (f", transferred from `{recipe['transfer_from']}` (frozen: {recipe.get('freeze')})"
+                if recipe.get("transfer_from") else "")
+             + f"; {train.get('epochs_run', '?')} epochs, {train.get('fit_seconds', '?')} s.", "",
+             "| metric | value |", "|---|---|"]
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            lines.append(f"| {name} | {value:.4f} |")
+        elif isinstance(value, (int, bool, str)):
+            lines.append(f"| {name} | {value} |")
+    gate = metrics.get("blessing", {})
+    lines += ["", f"**Gate:** {'blessed' if metrics.get('blessed') else 'NOT blessed'} — {gate.get('reason', '')}", ""]
+    tflite = metrics.get("tflite")
+    if tflite:
+        lines += ["## TFLite", "", "| model | accuracy | agreement with Keras | bytes | latency (ms, 1 image) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {_pct(v['accuracy'])} | {_pct(v['agreement'])} | {v['bytes']:,} | {v['latency_ms']:.3f} |"
+                  for k, v in tflite.items()]
+        lines.append("")
+    lines += ["## Training curves", "", "![curves](curves.png)", "",
+              "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
+    if per_class.get("most_confused"):
+        lines += ["Most confused (actual → predicted: count): " +
+                  ", ".join(f"{p['actual']} → {p['predicted']}: {p['count']}" for p in per_class["most_confused"]), ""]
+    lines += ["## Misclassified examples", "", "![misclassified](misclassified.png)", ""]
+    for attr, result in (per_class.get("by_attribute") or {}).items():
+        lines += [f"## Accuracy per {attr}", "",
+                  f"Share of images whose predicted class has the right {attr} (overall {_pct(result['accuracy'])}).",
+                  "", f"| {attr} | accuracy | images |", "|---|---|---|"]
+        lines += [f"| {v} | {_pct(r['accuracy'])} | {r['count']} |" for v, r in result["per_value"].items()]
+        lines.append("")
+    if per_class.get("per_class"):
+        lines += ["## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+                  for n, c in per_class["per_class"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -> dict:
+    """report_page@<key>: the model's page (README.md, curves.png) and its index row
+    (reports/summaries/<key>.json: the row's numbers and the validation curve)."""
+    from tasks.core.io import write_json
+
+    reports_dir = Path(reports_dir)
+    models_dir = Path(models_dir) if models_dir else reports_dir.parent / "models"
+    page_dir = reports_dir / key
+    page_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _load(page_dir / "metrics.json", {})
+    train = _load(models_dir / key / "train.json", {})
+    history = _load(models_dir / key / "history.json", [])
+    if history:
+        plot_curves(history, page_dir / "curves.png", key)
+    (page_dir / "README.md").write_text(model_page(key, metrics, train, _load(page_dir / "per_class.json", {})),
+                                        encoding="utf-8")
+    recipe = train.get("recipe", {})
+    summary = {"key": key, "dataset": recipe.get("dataset", "?"), "arch": architecture(recipe),
+               "transfer_from": recipe.get("transfer_from"), "freeze": recipe.get("freeze"),
+               "epochs_run": train.get("epochs_run"), "best_val_accuracy": train.get("best_val_accuracy"),
+               "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
+               "tflite": metrics.get("tflite", {}), "seconds": train.get("fit_seconds"),
+               "blessed": bool(metrics.get("blessed")), "params": train.get("params"),
+               "val_accuracy": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history]}
+    (reports_dir / SUMMARIES).mkdir(parents=True, exist_ok=True)
+    write_json(reports_dir / SUMMARIES / f"{key}.json", summary)
+    return {"page": page_dir / "README.md", "summary": summary}
+
+
+def _row(r: dict) -> str:
+    f32, i8 = r["tflite"].get("float32", {}), r["tflite"].get("int8", {})
+    return (f"| [{r['key']}]({r['key']}/README.md) | {r['dataset']} | {r['arch']} | "
+            f"{r['transfer_from'] or '–'} / {r['freeze'] or '–'} | "
+            f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | {_pct(r['best_val_accuracy'])} | "
+            f"{_pct(r['accuracy'])} | {_pct(f32.get('accuracy'))} | {_pct(i8.get('accuracy'))} | "
+            f"{i8.get('bytes', '–')} | {'yes' if r['blessed'] else 'no'} |")
+
+
+def model_table(table: dict, rows: dict) -> list[str]:
+    """Markdown of a params `report.tables` entry ({heading, caption, models}): parameters, evaluation
+    accuracy, int8 accuracy and agreement with float32, train time, one row per listed model."""
+    lines = [f"## {table.get('heading', 'Models')}", "", table.get("caption", ""), "",
+             "| model | arch | parameters | eval acc (Keras) | int8 TFLite acc | int8 agreement | epochs | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in table.get("models") or []:
+        r = rows[key]
+        i8 = r["tflite"].get("int8", {})
+        params = f"{r['params']:,}" if r.get("params") is not None else "–"
+        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {_pct(r['accuracy'])} | "
+                     f"{_pct(i8.get('accuracy'))} | {_pct(i8.get('agreement'))} | "
+                     f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | "
+                     f"{r['seconds'] if r['seconds'] is not None else '–'} |")
+    return lines + [""]
+
+
+def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = None) -> dict:
+    """report: reports/README.md from the pages' rows (reports/summaries/), in `model_keys` order, and
+    the comparison figure of params `report.transfer` ({models, dashed, title, caption}) when it has
+    curves. Returns {"index": path, "markdown": index text}."""
+    reports_dir = Path(reports_dir)
+    config = config or {}
+    rows = []
+    for key in model_keys:
+        path = reports_dir / SUMMARIES / f"{key}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no page summary for model {key!r}; run report_page@{key} "
+                                    f"(`tlpipe report {key}`) first")
+        rows.append(json.loads(path.read_text()))
+    lines = ["# Model reports", "",
+             "| model | dataset | arch | transfer from / frozen | epochs | best val acc | eval acc (Keras) | "
+             "float32 TFLite acc | int8 TFLite acc | int8 bytes | blessed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|", *map(_row, rows), "", *side_by_side(rows)]
+    figure = config.get("transfer") or {}
+    curves = {r["key"]: r["val_accuracy"] for r in rows}
+    compared = {k: curves[k] for k in figure.get("models") or [] if curves.get(k)}
+    plot_transfer(compared, reports_dir / "transfer.png", figure.get("title", ""), tuple(figure.get("dashed") or ()))
+    if compared:
+        lines += [f"## {figure.get('heading', 'Transfer learning')}", "", figure.get("caption", ""), "",
+                  "![transfer](transfer.png)", ""]
+    by_key = {r["key"]: r for r in rows}
+    for table in (config.get("tables") or {}).values():
+        lines += model_table(table, by_key)
+    text = "\n".join(lines)
+    (reports_dir / "README.md").write_text(text, encoding="utf-8")
+    return {"index": reports_dir / "README.md", "markdown": text}
+
+
+def write_report(reports_dir: Path, model_keys: list[str], *, models_dir: Path | None = None,
+                 config: dict | None = None) -> dict:
+    """Every model page, then the index (what the report_page@ stages and the report stage do)."""
+    for key in model_keys:
+        write_page(reports_dir, key, models_dir=models_dir)
+    return write_index(reports_dir, model_keys, config)
