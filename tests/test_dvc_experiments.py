@@ -81,7 +81,7 @@ def fixture_params_text(mirror: Path, pins: dict, scratch: Path) -> str:
         own = _own_items(value)
         if own and all(isinstance(v, dict) and "trainer" in v for _, v in own):
             _replace_mapping(value, {})
-    for key in ("weights", "features"):
+    for key in ("weights", "features", "teach"):
         if key in data:
             _replace_mapping(data[key], {})
     small = yaml.safe_load(write_params(scratch, pins=pins, datasets=("mnist",)).read_text())
