@@ -16,7 +16,12 @@
     tlpipe deploy [ARGS..]    `prefect --no-prompt deploy ARGS` (default --all) from prefect.yaml,
                               with a fix for our pins (flows/compat.py)
 
-    -v/--verbose              also show other libraries' INFO logs (httpx, DVC, ...); WARNING by default
+    -v/--verbose              also show TensorFlow's start-up log, Keras' export printout and other
+                              libraries' INFO logs (httpx, DVC, ...); quiet by default (tasks/stages/console.py)
+    --json                    a stage's full result as JSON after its closing line
+
+A stage prints one line when it starts and one when it ends (what it made, how long); training prints
+one line per epoch (a live progress bar on a terminal).
 
 An error prints one line (what failed, the file, what to do) and exits 1; `--traceback` (anywhere
 on the line) or TLPIPE_TRACEBACK=1 shows the stack instead.
@@ -28,22 +33,37 @@ import json
 import logging
 import os
 import sys
+import time
 
+from tasks.stages import console
 from tasks.stages.project import find_project
 
 
 EXPECTED = (OSError, ValueError, KeyError, RuntimeError)  # bad input, failed download, locked output
+STAGES = ("fetch", "prepare", "fetch-weights", "features", "teach", "train", "evaluate", "export", "report")
+NEEDS_TF = ("prepare", "features", "teach", "train", "evaluate", "export", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    loud = console.configure(args.verbose)  # before anything imports TensorFlow
     # Our own loggers at INFO; third-party ones (httpx logs every Prefect API call) at WARNING unless asked.
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if loud else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not loud:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(console.Formatter())
     for name in ("tasks", "flows"):
         logging.getLogger(name).setLevel(logging.INFO)
     show_stack = getattr(args, "traceback", False) or os.environ.get("TLPIPE_TRACEBACK", "") not in ("", "0")
+    label = " ".join(str(a) for a in (args.command, getattr(args, "key", None)) if a)
+    stage = args.command in STAGES
+    start = time.perf_counter()
     try:
+        if stage:
+            print(f"tlpipe {label}: started", flush=True)
+        if args.command in NEEDS_TF:
+            console.import_tensorflow()
         result = args.run(args)
     except KeyboardInterrupt:
         if show_stack:
@@ -55,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tlpipe {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 1
-    if result is not None:
+    if stage:
+        print(f"tlpipe {label}: done in {time.perf_counter() - start:.1f} s: {console.one_line(result)}")
+        if getattr(args, "json", False):
+            print(json.dumps(result, indent=2))
+    elif result is not None:
         print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
     return 0
 
@@ -199,7 +223,9 @@ class _SubParsers(argparse._SubParsersAction):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show third-party INFO logs too")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's log, Keras' printout and third-party INFO logs too")
+    parser.add_argument("--json", action="store_true", help="print a stage's full result as JSON")
     parser.add_argument("--traceback", action="store_true",
                         help="on an error, show the Python stack instead of one line (or TLPIPE_TRACEBACK=1)")
     parser.register("action", "parsers", _SubParsers)
@@ -251,7 +277,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "deploy":  # passes every argument on to `prefect deploy`
             continue
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="show third-party INFO logs too")
+                       help="show TensorFlow's log, Keras' printout and third-party INFO logs too")
+        if name in STAGES:
+            p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print the stage's full result as JSON")
     return parser
 
 

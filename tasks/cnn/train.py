@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras import layers
 
 from tasks.fit import (HAVE_TENSORBOARD, BestModel, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir,
-                       read_log, save_model, setup)
+                       progress, read_log, save_model, setup)
 from tasks.core.hashing import sha256_file
 from tasks.core.io import write_json
 from tasks.core.seeds import Seeds
@@ -202,7 +202,7 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
     safe = CrashSafeBackup(backup, log_csv=log_csv, live_dir=live_dir, checkpoint=checkpoint)
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]), callbacks=safe.callbacks(callbacks),
-              shuffle=False, verbose=2)  # shuffled by tf.data
+              shuffle=False, verbose=progress())  # shuffled by tf.data
     if not (out_dir / "model.keras").exists():  # no epoch improved on nothing: cannot happen unless 0 epochs
         save_model(model, out_dir / "model.keras")
     finish(out_dir, backup)

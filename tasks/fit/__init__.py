@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import keras
@@ -21,6 +22,12 @@ from tasks.core.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
+
+
+def progress() -> int:
+    """Keras `fit` verbosity: a live progress bar on a terminal (a fine-tune epoch of minutes is not
+    silent), one line per epoch in a log or a pipe (DVC, Prefect, CI)."""
+    return 1 if sys.stdout.isatty() else 2
 
 
 def setup(seed: int, gpus: list):

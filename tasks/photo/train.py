@@ -23,8 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks.fit import (HAVE_TENSORBOARD, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir, read_log,
-                       save_model, save_weights, setup)
+from tasks.fit import (HAVE_TENSORBOARD, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir, progress,
+                       read_log, save_model, save_weights, setup)
 from tasks.core.io import write_json
 from tasks.photo import augment as aug
 from tasks.photo import backbones, features, heads, teach
@@ -233,7 +233,7 @@ def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch
                            initial_epoch=initial_epoch, tag=phase, checkpoint=checkpoint)
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, callbacks=safe.callbacks(callbacks), shuffle=False, verbose=2)
+              steps_per_epoch=steps, callbacks=safe.callbacks(callbacks), shuffle=False, verbose=progress())
     return round(time.time() - start, 1)
 
 

@@ -138,9 +138,22 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scores(summary: dict) -> dict:
+    """The figures people compare across models, flat (`dvc metrics show`, `dvc exp show` columns): accuracy,
+    int8 accuracy and its top-1 agreement with Keras, the TFLite sizes, int8 latency, train time. The
+    rest stays in the stage files it came from (train.json, evaluation.json, metrics.json)."""
+    f32, i8 = summary["tflite"].get("float32", {}), summary["tflite"].get("int8", {})
+    kb = lambda n: round(n / 1024, 1) if n is not None else None  # noqa: E731
+    return {"accuracy": summary["accuracy"], "int8_accuracy": i8.get("accuracy"),
+            "int8_agreement": i8.get("agreement"), "float32_kb": kb(f32.get("bytes")), "int8_kb": kb(i8.get("bytes")),
+            "int8_latency_ms": i8.get("latency_ms"), "train_s": summary["seconds"], "epochs": summary["epochs_run"],
+            "blessed": summary["blessed"]}
+
+
 def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -> dict:
-    """report_page@<key>: the model's page (README.md, curves.png) and its index row
-    (reports/summaries/<key>.json: the row's numbers and the validation curve)."""
+    """report_page@<key>: the model's page (README.md, curves.png), its scores (reports/<key>/scores.json:
+    the metrics DVC shows) and its index row (reports/summaries/<key>.json: the row's numbers and the
+    validation curve)."""
     from tasks.core.io import write_json
 
     reports_dir = Path(reports_dir)
@@ -162,6 +175,7 @@ def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -
                "tflite": metrics.get("tflite", {}), "seconds": train.get("fit_seconds"),
                "blessed": bool(metrics.get("blessed")), "params": train.get("params"),
                "val_accuracy": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history]}
+    write_json(page_dir / "scores.json", scores(summary))
     (reports_dir / SUMMARIES).mkdir(parents=True, exist_ok=True)
     write_json(reports_dir / SUMMARIES / f"{key}.json", summary)
     return {"page": page_dir / "README.md", "summary": summary}

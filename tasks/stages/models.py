@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from tasks.stages.console import export_quiet
 from tasks.stages.project import Project
 
 RANDOM_INIT = "tasks/cnn/models.py"  # `init` of a model trained from scratch: its architecture code
@@ -111,9 +112,10 @@ def export_stage(project: Project, key: str) -> dict:
     (models / "current").mkdir(parents=True, exist_ok=True)  # a declared output, even while empty
     metrics = bless_evaluation(reports / "evaluation.json", reports / "metrics.json", gate(params, key),
                                models / "current" / "metrics.json")
-    result = export(models / "model.keras", project.processed_dir(model_params(params, key)["dataset"]),
-                    models, params.get("export") or {}, metrics_path=reports / "metrics.json",
-                    current_dir=models / "current", info=model_description(params, key))
+    with export_quiet():  # the converter's printout: hundreds of TensorSpec lines per conversion
+        result = export(models / "model.keras", project.processed_dir(model_params(params, key)["dataset"]),
+                        models, params.get("export") or {}, metrics_path=reports / "metrics.json",
+                        current_dir=models / "current", info=model_description(params, key))
     return {"model": key, "blessed": metrics["blessed"], "current": result["current"],
             **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
 

@@ -1,0 +1,120 @@
+"""What a run prints: the stage lines and our own logs, not the libraries' start-up noise.
+
+Quiet (the default) means, before TensorFlow loads: its C++ log at FATAL only (no oneDNN notice, no
+"Could not find cuda drivers", no `cuInit ... UNKNOWN ERROR (303)` at level E on a machine without a
+GPU), the lines absl writes to stderr while TensorFlow's libraries load swallowed (kept and shown if
+the import itself fails), and Keras' export printout (the SavedModel signature: hundreds of
+`TensorSpec(...)` lines per TFLite conversion) off. `-v` / TLPIPE_VERBOSE=1 brings all of it back.
+The setting travels in the environment, so `dvc repro`, the Prefect flow's stage subprocesses and
+deployments (flows/__init__.py) behave the same.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+
+VERBOSE_ENV = "TLPIPE_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def configure(verbose_flag: bool | None = None) -> bool:
+    """Set the environment for this process and its children; returns whether the run is verbose."""
+    if verbose_flag:
+        os.environ[VERBOSE_ENV] = "1"
+    if verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        return True
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"   # FATAL only: read once, when TensorFlow's libraries load
+    return False
+
+
+@contextlib.contextmanager
+def swallowed(fds=(2,)):
+    """The file descriptors `fds` (C++ and Python writes alike) to a temp file for the block; the text
+    is shown on stderr if the block fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in fds}
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        for fd in fds:
+            os.dup2(tmp.fileno(), fd)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            if failed:
+                tmp.seek(0)
+                sys.stderr.write(tmp.read().decode(errors="replace"))
+                sys.stderr.flush()
+
+
+def import_tensorflow() -> None:
+    """Load TensorFlow now, quietly unless verbose (its loader's absl lines go to stderr directly)."""
+    if "tensorflow" in sys.modules or verbose():
+        return
+    with swallowed():
+        import tensorflow  # noqa: F401
+        import keras  # noqa: F401
+
+
+@contextlib.contextmanager
+def export_quiet():
+    """What the TFLite conversion and its interpreters print, off for the block unless verbose: Keras'
+    SavedModel printout (endpoints, TensorSpec captures), the calibrator's `fully_quantize: ...` and
+    LiteRT's `Created TensorFlow Lite XNNPACK delegate` lines (C++ writes to fds 1 and 2). Shown if
+    the block fails."""
+    if verbose():
+        yield
+        return
+    import keras
+
+    was = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        with swallowed((1, 2)):
+            yield
+    finally:
+        if was:
+            keras.config.enable_interactive_logging()
+
+
+class Formatter(logging.Formatter):
+    """Our own log lines: the message for INFO, `LEVEL name: message` above it."""
+
+    def format(self, record):
+        if record.levelno <= logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+def one_line(result, limit: int = 200) -> str:
+    """A stage's result as one line: its scalars and small dicts of scalars, `key=value` comma-separated."""
+    if not isinstance(result, dict):
+        return str(result)
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, (int, str, bool)) or value is None:
+            parts.append(f"{key}={value}")
+        elif isinstance(value, list):
+            parts.append(f"{key}={len(value)}")
+        elif isinstance(value, dict) and value and all(isinstance(v, (int, float, str, bool)) for v in value.values()):
+            parts.append(f"{key}=" + "/".join(f"{k}:{v:.4g}" if isinstance(v, float) else f"{k}:{v}"
+                                              for k, v in value.items()))
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
