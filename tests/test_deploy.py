@@ -3,6 +3,7 @@ from the repository's own prefect.yaml, a worker, and runs of the data deploymen
 whose downloads come from the loopback HTTP server."""
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,13 +65,18 @@ def run(cmd, cwd, env, timeout=180) -> str:
     return done.stdout + done.stderr
 
 
+AUTH = ("tlpipe", secrets.token_hex(16))  # the server's basic-auth user:password, as production sets it
+
+
 @pytest.fixture
 def prefect_server(tmp_path):
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME; yields (api_url, env)."""
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME and basic authentication
+    on (PREFECT_SERVER_API_AUTH_STRING; the clients get PREFECT_API_AUTH_STRING); yields (api_url, env)."""
     port = free_port()
     home = tmp_path / "prefect-home"
     home.mkdir()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_API_AUTH_STRING": ":".join(AUTH), "PREFECT_API_AUTH_STRING": ":".join(AUTH),
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
            "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "PREFECT_LOGGING_TO_API_ENABLED": "true",
@@ -118,7 +124,7 @@ def deployed_project(tmp_path, http_server):
 
 def api(url, method, path, **kw):
     for attempt in range(10):  # a busy SQLite-backed server answers 503 for a moment; ask again
-        r = httpx.request(method, url + path, timeout=30, **kw)
+        r = httpx.request(method, url + path, timeout=30, auth=AUTH, **kw)
         if r.status_code != 503:
             break
         time.sleep(1 + attempt)
@@ -158,6 +164,13 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, de
     shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the project's default remote ...
     use_remote(repo, endpoint, env)  # ... pointed at the test's bucket
     prefect = str(BIN / "prefect")
+    # authentication is on: a client without the string (or with a wrong one) is refused
+    assert httpx.get(f"{url}/flows/", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/flows/", timeout=30, auth=(AUTH[0], "wrong")).status_code == 401
+    anonymous = {k: v for k, v in env.items() if k != "PREFECT_API_AUTH_STRING"}
+    refused = subprocess.run([prefect, "work-pool", "ls"], cwd=repo, env=anonymous, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     run([prefect, "work-pool", "create", "tlpipe-process", "--type", "process"], repo, env)
     done = subprocess.run([prefect, "--no-prompt", "deploy", "--name", "tlpipe-data"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=180)
