@@ -7,7 +7,8 @@
   the job variable `container_create_kwargs: {device_requests: [...]}` (docker run --gpus all).
 - kubernetes (`tlpipe-k8s`): prefect-kubernetes' default template plus two variables,
   `gpu_limit` (-> `resources.limits["nvidia.com/gpu"]` of the job's container) and `tolerations`
-  (-> the pod's tolerations); both absent from the job unless a deployment sets them.
+  (-> the pod's tolerations); both absent from the job unless a deployment sets them. The pod runs as
+  the images' unprivileged user (securityContext: runAsNonRoot, uid/gid 10001, as in the Dockerfiles).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import sys
 
 # The taint GPU node pools carry (GKE, EKS and AKS GPU nodes, the NVIDIA GPU operator).
+IMAGE_UID = 10001  # the `tlpipe` user of Dockerfile and Dockerfile.gpu
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
@@ -27,6 +29,8 @@ def kubernetes_job_template() -> dict:
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "{{ gpu_limit }}"
     pod["tolerations"] = "{{ tolerations }}"
+    pod["securityContext"] = {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID,
+                              "fsGroup": IMAGE_UID}
     props = template["variables"]["properties"]
     props["gpu_limit"] = {
         "anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None, "title": "GPU limit",

@@ -78,6 +78,21 @@ def test_kubernetes_gpu_deployment_has_a_gpu_limit_and_the_toleration():
     assert {"name": "TLPIPE_DVC_PULL", "value": "1"} in container["env"]
 
 
+def test_images_and_pods_run_as_an_unprivileged_user():
+    """Both images switch to the uid 10001 user (a numeric USER, so Kubernetes can verify runAsNonRoot)
+    with a writable /work, and the Kubernetes pods insist on it."""
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        lines = [line.split() for line in (REPO / name).read_text().splitlines() if line and not line.startswith("#")]
+        users = [words[1] for words in lines if words[0] == "USER"]
+        assert users == ["10001:10001"], f"{name}: USER {users}"
+        text = (REPO / name).read_text()
+        assert "useradd" in text and "--uid 10001" in text and "chown tlpipe:tlpipe /work" in text
+        assert text.index("USER 10001") > text.index("pip install"), f"{name}: installs as root, then drops to the user"
+    for name in ("tlpipe-data-k8s", "tlpipe-model-k8s-gpu"):
+        assert kubernetes_pod(name)["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001,
+                                                           "runAsGroup": 10001, "fsGroup": 10001}
+
+
 def test_kubernetes_cpu_deployment_has_no_gpu_limit_nor_toleration():
     pod = kubernetes_pod("tlpipe-data-k8s")
     [container] = pod["containers"]
