@@ -168,7 +168,8 @@ def _predict(args):
 
     from tasks.evaluate.predict import format_predictions, predict
 
-    results = predict(Path(args.model), [Path(i) for i in args.images], top_k=args.top_k)
+    with console.native_quiet():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+        results = predict(Path(args.model), [Path(i) for i in args.images], top_k=args.top_k)
     print(format_predictions(results), flush=True)  # the good images' results, also when some failed
     failed = [r for r in results if "error" in r]
     if failed:

@@ -72,6 +72,26 @@ def import_tensorflow() -> None:
 
 
 @contextlib.contextmanager
+def native_quiet():
+    """stderr's native (C++) lines off for the block unless verbose, e.g. LiteRT's delegate notice. What
+    fails in the block raises as usual; the swallowed lines are not replayed (they are notices)."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
 def export_quiet():
     """What the TFLite conversion and its interpreters print, off for the block unless verbose: Keras'
     SavedModel printout (endpoints, TensorSpec captures), the calibrator's `fully_quantize: ...` and
@@ -96,9 +116,8 @@ class Formatter(logging.Formatter):
     """Our own log lines: the message for INFO, `LEVEL name: message` above it."""
 
     def format(self, record):
-        if record.levelno <= logging.INFO:
-            return record.getMessage()
-        return f"{record.levelname} {record.name}: {record.getMessage()}"
+        text = super().format(record)  # "%(message)s" (and the stack of an exception)
+        return text if record.levelno <= logging.INFO else f"{record.levelname} {record.name}: {text}"
 
 
 def one_line(result, limit: int = 200) -> str:
