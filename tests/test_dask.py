@@ -75,7 +75,7 @@ def test_cli_with_a_local_cluster_of_its_own(mnist, monkeypatch, capsys):
     monkeypatch.setenv("TLPIPE_DASK", "local:2")  # `tlpipe prepare` starts and stops a LocalCluster
     assert main(["prepare", "mnist"]) == 0
     assert files_of(mnist, "mnist") == expected
-    assert '"test": 30' in capsys.readouterr().out
+    assert "test:30" in capsys.readouterr().out  # the stage's closing line: splits=train:../validation:../test:30
 
 
 def test_photo_checks_are_byte_identical_through_dask(tmp_path, cluster, monkeypatch):

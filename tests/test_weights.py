@@ -247,9 +247,11 @@ def test_cli(tmp_path, http_server, files):
     make_project(tmp_path, {"url": url, "sha256": sha(files["legacy"])})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = [sys.executable, "-m", "tasks.cli", "fetch-weights"]
-    ok = subprocess.run(run + ["mnv2"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    ok = subprocess.run(run + ["mnv2", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["sha256"] == sha(files["legacy"])
+    started, done, *result = ok.stdout.splitlines()  # a line when it starts, one when it ends, the JSON
+    assert started == "tlpipe fetch-weights mnv2: started" and done.startswith("tlpipe fetch-weights mnv2: done in ")
+    assert json.loads("\n".join(result))["sha256"] == sha(files["legacy"])
     bad = subprocess.run(run + ["nope"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "no weights.nope" in bad.stderr
 
