@@ -147,3 +147,218 @@ def test_trainer_defaults_are_read_without_importing_tensorflow():
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- values: type, range, choices, references
+
+def put(p: dict, path: str, value) -> dict:
+    *parents, leaf = path.split(".")
+    node = p
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return p
+
+
+def error_of(p: dict) -> str:
+    with pytest.raises(ParamsError) as e:
+        validate(p)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("params.yaml "), message
+    return message
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    # measured by a user: all six passed; batch_size 0 ended in TensorFlow, "ten" wrote a backup first
+    ("models.mnist_scratch.epochs", -1, "expected an integer >= 1, got -1"),
+    ("models.mnist_scratch.epochs", 0, "expected an integer >= 1, got 0"),
+    ("models.mnist_scratch.lr", -0.1, "expected a number > 0, got -0.1"),
+    ("models.mnist_scratch.min_accuracy", 1.5, "expected a number in [0, 1], got 1.5"),
+    ("models.mnist_scratch.patience", -3, "expected an integer >= 0, got -3"),
+    ("prepare.mnist.validation_percentage", 150, "expected a number in [0, 100), got 150"),
+    ("models.mnist_scratch.batch_size", 0, "expected an integer >= 1, got 0"),
+    ("models.mnist_scratch.epochs", "ten", "expected an integer >= 1, got 'ten'"),
+    # a bool is not an integer, a float not an integer, a string not a number
+    ("models.mnist_scratch.epochs", True, "expected an integer >= 1, got True"),
+    ("models.mnist_scratch.seed", 4.5, "expected an integer >= 0, got 4.5"),
+    ("models.cards_ours_v2_100.head_lr", "1e-3", "expected a number > 0, got '1e-3'"),
+    ("models.cards_ours_v2_100.dropout", 1.0, "expected a number in [0, 1) or null, got 1.0"),
+    ("models.cards_ours_v2_100.augment", "yes", "expected true or false or a mapping {crop, scale, brightness, "
+                                                "rotate, contrast, flip}, got 'yes'"),
+    ("models.cards_ours_v2_100.augment.flip", 1, "expected true or false, got 1"),
+    ("models.emnist_ours.augment.zoom", 1.5, "expected a number in [0, 1], got 1.5"),
+    ("prepare.cards.image_size", 4, "expected an integer in 8..4096 or null, got 4"),
+    ("prepare.cards.jpeg_quality", 0, "expected an integer in 1..100 or null, got 0"),
+    ("download.retries", -1, "expected an integer >= 0, got -1"),
+    ("runtime.workers", "all", "expected an integer >= 0, got 'all'"),
+    ("evaluate.max_regression", 2, "expected a number in [0, 1], got 2"),
+    ("export.metadata.version", 1.0, "expected a string, got 1.0"),
+    ("weights.mobilenet_v2_035_224.sha256", "abc", "expected a sha256 (64 hex digits) or \"\" or null, got 'abc'"),
+    ("fetch.mnist.sha256", "ab" * 32, "expected a mapping file name -> sha256 or null, got 'abab"),
+    ("report.transfer.title", 3, "expected a string, got 3"),
+])
+def test_a_bad_value_fails_in_one_line_naming_its_key(path, value, expected):
+    assert error_of(put(params(), path, value)).startswith(f"params.yaml {path}: {expected}")
+
+
+@pytest.mark.parametrize("path, value, choices", [
+    ("models.emnist_ours.schedule", "linear", "schedule must be one of constant, cosine, got 'linear'"),
+    ("models.cards_ours_v2_100.fine_tune_schedule", "step", "fine_tune_schedule must be one of constant, cosine"),
+    ("models.mnist_transfer_conv.freeze", "all", "freeze must be one of none, conv, conv_dense (FREEZE_CHOICES in "
+                                                 "tasks/cnn/train.py), got 'all'"),
+    ("models.emnist_cnn.arch", "resnet", "arch must be one of reference_cnn, bn_cnn, bn_cnn2, softmax, mlp, "
+                                         "lecture_conv, lecture_conv_dense, lecture_conv_pool_dense (ARCHS in "
+                                         "tasks/cnn/models.py)"),
+    ("models.cards_ours_v2_100.head", "big", "head must be one of study_cards, study_banknotes, ours, spatial"),
+    ("models.cards_study_v2_035.base", "resnet50", "base must be one of mobilenet, mobilenet_v2, "
+                                                   "mobilenet_v3_small, mobilenet_v3_large (BASES in"),
+    ("features.cards_v2_100.base", "resnet50", "(BASES in tasks/photo/backbones.py), got 'resnet50'"),
+    ("prepare.cards.resize", "stretch", "resize must be one of squash, crop (RESIZE in tasks/prepare/images.py)"),
+    ("fetch.emnist_letters.format", "zip", "format must be one of mat, idx, auto"),
+    ("fetch.cards.link", "symlink", "link must be one of copy, hardlink, got 'symlink'"),
+    ("weights.mobilenet_v2_100_224.arch", "resnet50", "arch must be one of mobilenet_v2, mobilenet, "
+                                                      "mobilenet_v3_small, mobilenet_v3_large (ARCHS in tasks/fetch"),
+])
+def test_a_value_outside_its_choices_names_them(path, value, choices):
+    message = error_of(put(params(), path, value))
+    assert message.startswith(f"params.yaml {path}: {path.rsplit('.', 1)[1]} must be one of ") and choices in message
+
+
+@pytest.mark.parametrize("path, value, problem", [
+    ("models.mnist_scratch.dataset", "nope", "no dataset `nope`: not a key of `datasets` (mnist, emnist_letters, "
+                                             "cards) and no module tasks/sources/nope.py"),
+    ("features.cards_v2_100.dataset", "nope", "no dataset `nope`"),
+    ("teach.cards_v2_100_to_v2_035.dataset", "nope", "no dataset `nope`"),
+    ("datasets.cards", "nope", "no module tasks/sources/nope.py"),
+    ("models.mnist_transfer_conv.init", "models/nope/model.keras", "`models/nope/model.keras`: no recipe `nope`"),
+    ("models.emnist_cnn.init", "models/emnist_cnn/model.keras", "is this recipe's own model"),
+    ("models.cards_ours_v2_100.init", "data/features/nope", "no entry `nope` in `features` (cards_v2_100, "
+                                                            "cards_v2_035)"),
+    ("models.cards_study_v2_035.init", "data/weights/nope", "no entry `nope` in `weights`"),
+    ("models.emnist_cnn.init", "tasks/cnn/nope.py", "`tasks/cnn/nope.py` is no file under tasks/"),
+    ("models.emnist_cnn.init", "weights.h5", "expected tasks/<a file>, models/<another recipe>/model.keras, "
+                                             "data/features/<a features key>"),
+    ("features.cards_v2_100.weights", "nope", "no weights entry `nope` (mobilenet_v2_100_224, mobilenet_v2_035_224)"),
+    ("teach.cards_v2_100_to_v2_035.teacher", "models/cards_ours_v2_100/weights.h5", "expected models/<a recipe"),
+    ("evaluate.min_accuracy", {"default": 0.5, "nope": 0.9}, "evaluate.min_accuracy.nope: `nope` is neither "
+                                                             "`default` nor a recipe of `models`"),
+])
+def test_a_reference_to_nothing_names_the_key_and_what_is_missing(path, value, problem):
+    message = error_of(put(params(), path, value))
+    assert message.startswith(f"params.yaml {path.rsplit('.', 1)[0] if path.startswith('evaluate') else path}")
+    assert problem in message
+
+
+def test_the_recipes_report_names_exist():
+    p = params()
+    p["report"]["transfer"]["models"].append("nope")
+    assert error_of(p) == "params.yaml report.transfer.models[5]: no such model `nope` (not a recipe of `models`)"
+    p = params()
+    p["report"]["tables"]["lecture"]["models"][0] = "mnist_softmx"
+    assert error_of(p).startswith("params.yaml report.tables.lecture.models[0]: no such model `mnist_softmx`")
+    validate(put(params(), "evaluate.min_accuracy", {"default": 0.5, "mnist_scratch": 0.99}))  # per-model gate
+
+
+def test_rules_across_keys():
+    assert error_of(put(put(params(), "prepare.mnist.validation_percentage", 60), "prepare.mnist.testing_percentage",
+                        40)) == ("params.yaml prepare.mnist: validation_percentage + testing_percentage must be "
+                                 "< 100, got 60 + 40")
+    assert error_of(put(params(), "prepare.cards.max_pixels", 100)).startswith(
+        "params.yaml prepare.cards.max_pixels: expected at least image_size**2 = 50176")
+    photo = "models.cards_study_v2_035"
+    assert error_of(put(params(), f"{photo}.head_epochs", 0)).startswith(
+        f"params.yaml {photo}: head_epochs + fine_tune_epochs must be >= 1 (nothing would train), got 0 + 0")
+    validate(put(params(), "models.cards_ours_v2_100.head_epochs", 0))  # fine-tuning only: allowed
+    assert "a features cache (init data/features/cards_v2_100) trains the heads ours, spatial only" in error_of(
+        put(params(), "models.cards_ours_v2_100.head", "study_cards"))
+    assert error_of(put(params(), "weights.mobilenet_v2_035_224.url", "")) == (
+        "params.yaml weights.mobilenet_v2_035_224: set `url` (upstream) or `file` (a local weights file)")
+    p = params()
+    del p["weights"]["mobilenet_v2_035_224"]["mirror_alternatives"][0]["sha256"]
+    assert error_of(p).startswith("params.yaml weights.mobilenet_v2_035_224.mirror_alternatives[0]: missing `sha256`")
+    assert error_of(put(params(), "features.cards_v2_100.dataset", None)).startswith(
+        "params.yaml features.cards_v2_100: missing `dataset`")
+
+
+def test_null_means_the_default_where_the_code_default_is_none():
+    p = params()
+    for path in ("models.cards_ours_v2_100.dropout", "models.cards_ours_v2_100.image_size",
+                 "models.cards_study_v2_035.train_bn", "features.cards_v2_100.weights", "prepare.cards.image_size",
+                 "weights.mobilenet_v2_035_224.sha256", "mirror"):
+        put(p, path, None)
+    validate(p)
+    assert error_of(put(params(), "models.mnist_scratch.epochs", None)).startswith(
+        "params.yaml models.mnist_scratch.epochs: expected an integer >= 1, got None")
+    assert error_of(put(params(), "prepare.mnist.shard_mb", None)).startswith(
+        "params.yaml prepare.mnist.shard_mb: expected a number > 0, got None")
+
+
+def test_entry_keys_are_names():
+    p = params()
+    p["models"]["../escape"] = p["models"]["mnist_scratch"]
+    assert error_of(p).startswith("params.yaml models: the key '../escape' is not a name")
+
+
+def test_a_bad_value_stops_the_cli_before_any_work(tmp_path, monkeypatch, capsys):
+    """The user's `epochs: "ten"` wrote models/<k>/backup.recipe.json before failing; now nothing is written."""
+    from tasks.cli import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(put(params(), "models.mnist_scratch.epochs", "ten")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLPIPE_TRACEBACK", raising=False)
+    assert main(["train", "mnist_scratch"]) == 1
+    assert capsys.readouterr().err == ("tlpipe train: error: params.yaml models.mnist_scratch.epochs: expected an "
+                                       "integer >= 1, got 'ten'\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+
+
+def test_every_key_the_code_reads_has_a_value_spec():
+    from tasks.evaluate.export import EXPORT_DEFAULTS
+    from tasks.evaluate.metrics import EVAL_DEFAULTS
+    from tasks.fetch import PHOTO_KEYS
+    from tasks.prepare.arrays import ARRAY_DEFAULTS
+    from tasks.prepare.photos import DEFAULTS as FOLDER
+    from tasks.stages import validate as v
+
+    sections = [v.RUNTIME, v.DOWNLOAD, v.WEIGHTS, v.FEATURES, v.TEACH, v.REPORT, v.REPORT_TABLE, PHOTO_KEYS,
+                *v.ARRAY_FETCH.values(), ARRAY_DEFAULTS, FOLDER, EVAL_DEFAULTS, EXPORT_DEFAULTS, *v.REPORT.values(),
+                v.literal_keys("photo/features.py", "FEATURES_DEFAULTS"),
+                v.literal_keys("photo/teach.py", "TEACH_DEFAULTS")]
+    for keys in sections:
+        assert set(v.fields(keys)) == set(keys)  # a KeyError names a key without a spec in VALUES
+    for trainer in v.TRAINERS:  # a trainer's own specs (augment) first
+        assert set(v.fields(v.recipe_keys(trainer), v.TRAINER_VALUES[trainer])) == set(v.recipe_keys(trainer))
+
+
+def test_the_value_sets_are_the_codes():
+    """What validate.py reads from the source as literals (or keeps, for the two the code spells inline) is
+    what the code uses."""
+    from tasks.cnn import models as cnn_models
+    from tasks.cnn import train as cnn_train
+    from tasks.evaluate.export import METADATA_DEFAULTS
+    from tasks.fetch import weights
+    from tasks.photo import augment, backbones, heads
+    from tasks.photo import train as photo_train
+    from tasks.prepare.images import RESIZE
+    from tasks.sources import emnist_letters
+    from tasks.stages import validate as v
+
+    def options(key, specs=None):
+        return set((specs or v.VALUES)[key].options())
+
+    assert options("arch") == set(cnn_models.ARCHS) and options("arch", v.WEIGHTS_VALUES) == set(weights.ARCHS)
+    assert options("head") == set(heads.HEADS)
+    assert set(v.literal_names("photo/heads.py", "CACHE_HEADS")) == heads.CACHE_HEADS
+    assert options("base") == set(backbones.BASES) and options("freeze") == set(cnn_train.FREEZE_CHOICES)
+    assert options("resize") == set(RESIZE) and options("format") == {*emnist_letters.FORMATS, "auto"}
+    assert v.literal_defaults("cnn/train.py", "AUGMENT_DEFAULTS") == cnn_train.AUGMENT_DEFAULTS
+    assert v.literal_defaults("photo/augment.py", "AUGMENT_DEFAULTS") == augment.AUGMENT_DEFAULTS
+    assert set(v.literal_keys("evaluate/export.py", "METADATA_DEFAULTS")) == set(METADATA_DEFAULTS)
+    literal = v.literal_defaults("photo/train.py")
+    assert {k: x for k, x in literal.items() if x is not v.NOT_LITERAL} == {
+        k: x for k, x in photo_train.DEFAULTS.items() if literal[k] is not v.NOT_LITERAL}
+    def spelled(names):
+        return "(" + ", ".join(f'"{n}"' for n in names) + ")"
+
+    assert f"if schedule not in {spelled(v.SCHEDULES)}:" in (REPO / "tasks/fit/__init__.py").read_text()
+    assert f"if link not in {spelled(v.LINKS)}:" in (REPO / "tasks/fetch/photos.py").read_text()
