@@ -234,6 +234,7 @@ def test_bad_params(tmp_path):
     project = make_project(tmp_path, {"url": "x", "arch": "resnet50"})
     with pytest.raises(ValueError, match="arch must be one of"):
         fetch_weights(project, "mnv2")
+    project = make_project(tmp_path / "valid", {"url": "x"})  # params.yaml is checked whole, before the key
     with pytest.raises(KeyError, match="no weights.other"):
         fetch_weights(project, "other")
 
