@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+# libyaml's safe loader when PyYAML has it (its wheels do): the same documents, about 10x faster to read
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MIRROR_ENV = "TLPIPE_MIRROR"
 WORKERS_ENV = "TLPIPE_WORKERS"
 
@@ -35,7 +37,7 @@ class Project:
         from tasks.stages.validate import validate
 
         with open(self.params_file, encoding="utf-8") as f:
-            return validate(yaml.safe_load(f) or {})
+            return validate(yaml.load(f, Loader=SAFE_LOADER) or {})
 
 
 def find_project(start: Path | None = None) -> Project:
