@@ -5,9 +5,14 @@ stages are not up to date (what `dvc status` says), a task asks again only when 
 or one of its upstream stages ran, runs the stage's own command when it is not up to date, and
 records the run in dvc.lock and DVC's cache (as `dvc repro` does), so `dvc status` and Prefect
 agree. Independent stages run concurrently in threads; DVC's repo lock orders the dvc.lock writes.
+
+One runner at a time (`sole_runner`): a run refuses to start, in one line naming it, while a `dvc repro`
+or another `tlpipe pipeline` is at work on the project; while it runs, it holds the project's runner
+lock, so the `tlpipe` stage commands a `dvc repro` started meanwhile refuse, naming it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -17,7 +22,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import dag
+from flows import dag, runs
+from tasks.stages import runner
 from tasks.stages.project import find_project
 
 # Stages that reach the network: Prefect retries them (their downloads also retry on their own).
@@ -47,10 +53,35 @@ def stage_task(root: str, stage: dag.Stage, stale_at_start: bool = True, upstrea
         return {"stage": stage.name, "ran": False, "frozen": True}
     logger.info("%s: running `%s` (%s)", stage.name, stage.cmd, _describe(changes))
     start = time.perf_counter()
-    how = dag.run(root, stage, log=lambda line: logger.info("%s | %s", stage.name, line))
-    dag.commit(root, stage.name)
+    how = dag.run(root, stage, log=lambda line: logger.info("%s | %s", stage.name, line), commit=True)
     return {"stage": stage.name, "ran": how == "ran", "restored": how == "restored",
             "seconds": round(time.perf_counter() - start, 2), "changes": changes}
+
+
+@contextlib.contextmanager
+def sole_runner(root: str, command: str):
+    """The project to this process alone for the block, or RunnerBusy in one line naming the other
+    runner: another `tlpipe pipeline` (it holds the runner lock, tasks/stages/runner.py), a `dvc repro`
+    (or `dvc exp run`) at work on it now (DVC's locks: `dag.other_runner`, which waits while DVC's
+    repo lock is held, so it is asked before this process takes the runner lock: a `dvc repro` between
+    two stages finishes its turn). Then the runner lock, which makes the `tlpipe` stage commands that
+    a `dvc repro` starts meanwhile refuse. Re-entrant: the CLI takes it before the flow, so the flow's
+    own call finds it held."""
+    if not runner.holds(root):
+        runner.check(root, started_by_it=False)
+        other = dag.other_runner(root) if (Path(root) / ".dvc").is_dir() else None
+        if other is not None:
+            pid, cmd, path = other
+            raise runner.RunnerBusy(root, f"`{_short(cmd)}`" if cmd else "a DVC process", pid,
+                                    f"DVC's lock on {path}")
+    with runner.sole_runner(root, command):
+        yield
+
+
+def _short(cmd: str) -> str:
+    """A command line with its program's folder dropped (`/x/.venv/bin/dvc repro` -> `dvc repro`)."""
+    first, _, rest = cmd.partition(" ")
+    return f"{Path(first).name} {rest}".strip()
 
 
 def stage_options(stage: dag.Stage) -> dict:
@@ -91,10 +122,12 @@ def pipeline(datasets: list[str] | None = None, root: str | None = None, models:
     [stages checked out of DVC's run cache], "skipped": [stages that were up to date]}."""
     project = find_project(root)
     root = str(project.root)
+    _bookkeeping(root)
     if targets is None and not models:
         targets = list(datasets or project.params().get("datasets") or [])
-    stages = dag.stages(root, targets)
-    result = run_dag(root, stages)
+    with sole_runner(root, "tlpipe-pipeline flow " + " ".join(targets or ["(every stage)"])):
+        stages = dag.stages(root, targets)
+        result = run_dag(root, stages)
     records = result["records"]
 
     summary = _datasets(stages)
@@ -111,6 +144,20 @@ def pipeline(datasets: list[str] | None = None, root: str | None = None, models:
     return {"datasets": summary, "ran": [n for n, r in records.items() if r["ran"]],
             "restored": [n for n, r in records.items() if r.get("restored")],
             "skipped": [n for n, r in records.items() if not (r["ran"] or r.get("restored"))]}
+
+
+def _bookkeeping(root: str) -> None:
+    """After a killed run (flows/runs.py): record this run's process, mark Crashed the runs whose
+    process is gone, drop DVC's read/write lock entries of dead processes. A failure here is a
+    warning, never the run's failure."""
+    logger = get_run_logger()
+    try:
+        runs.claim()
+        runs.reap(logger)
+        if (Path(root) / ".dvc").is_dir():
+            runs.prune_rwlock(root)
+    except Exception as e:  # noqa: BLE001 - bookkeeping only
+        logger.warning("could not check for crashed runs (%s: %s)", type(e).__name__, e)
 
 
 def _describe(changes: list) -> str:

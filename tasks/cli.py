@@ -15,6 +15,8 @@
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow (needs a Prefect server)
     tlpipe deploy [ARGS..]    `prefect --no-prompt deploy ARGS` (default --all) from prefect.yaml,
                               with a fix for our pins (flows/compat.py)
+    tlpipe check-remote [NAME]  can this checkout reach its DVC remote (default: core.remote), and if not,
+                              which part is wrong: access key, secret, permission, bucket, endpoint
 
     -v/--verbose              also show TensorFlow's start-up log, Keras' export printout and other
                               libraries' INFO logs (httpx, DVC, ...); quiet by default (tasks/stages/console.py)
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         if stage:
+            _check_runner()  # before any work: not while a `tlpipe pipeline` that did not start us runs
             print(f"tlpipe {label}: started", flush=True)
         if args.command in NEEDS_TF:
             console.import_tensorflow()
@@ -86,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def error_line(e: BaseException) -> str:
     """One line for an error: its message (a KeyError's without the quotes); TensorFlow's own errors
-    by their short message; anything unexpected also by type, with where to see the stack."""
+    by their short message; anything unexpected also by type, with where to see the stack. A write
+    that found no room (a full disk or quota, the file-size limit: ENOSPC, EFBIG, EDQUOT, also as
+    TensorFlow or h5py word them) is said as such, naming the file where the error does (a message of
+    ours that already says which file it could not write is kept)."""
+    from tasks.core.io import no_room
+
+    room = no_room(e)
+    if room is not None and ": could not write " not in str(e):
+        return " ".join(str(room).split())
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
         text = e.args[0]
     else:
@@ -100,6 +111,18 @@ def error_line(e: BaseException) -> str:
 def _is_tf_error(e: BaseException) -> bool:
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(e, tf.errors.OpError)
+
+
+def _check_runner() -> None:
+    """A stage command refuses, naming the pipeline, while a `tlpipe pipeline` other than the one that
+    started it runs this project's stages (tasks/stages/runner.py)."""
+    from tasks.stages import runner
+
+    try:
+        root = find_project().root
+    except FileNotFoundError:
+        return  # the stage itself says so
+    runner.check(root)
 
 
 def _positive(text: str) -> int:
@@ -179,9 +202,14 @@ def _predict(args):
 
 
 def _pipeline(args):
-    from flows.pipeline import pipeline
+    from flows.pipeline import pipeline, sole_runner
+    from flows.runs import ephemeral_server
 
-    return pipeline(datasets=args.keys or None, root=str(find_project().root), models=args.models)
+    root = str(find_project().root)
+    command = " ".join(["tlpipe pipeline", *args.keys, *(["--models"] if args.models else [])])
+    with sole_runner(root, command):  # refused here, in one line, when another runner is at work
+        ephemeral_server()  # without PREFECT_API_URL: a temporary API that dies with this process
+        return pipeline(datasets=args.keys or None, root=root, models=args.models)
 
 
 SERVER_HELP = (
@@ -207,6 +235,12 @@ def _deploy(args):
     code = deploy(args.args)
     if code:
         raise RuntimeError(f"prefect deploy {' '.join(args.args) or '--all'} exited {code}")
+
+
+def _check_remote(args):
+    from tasks.stages.remote import check_remote
+
+    return check_remote(name=args.name)
 
 
 class _SubParsers(argparse._SubParsersAction):
@@ -274,6 +308,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="prefect deploy's arguments (default: --all), "
                    "e.g. --name tlpipe-data")
     p.set_defaults(run=_deploy)
+    p = sub.add_parser("check-remote", help="can this checkout reach its DVC remote with these credentials")
+    p.add_argument("name", nargs="?", help="a DVC remote (default: the project's default remote)")
+    p.set_defaults(run=_check_remote)
     for name, p in sub.choices.items():  # `tlpipe pipeline --verbose` as well as `tlpipe --verbose pipeline`
         if name == "deploy":  # passes every argument on to `prefect deploy`
             continue

@@ -49,7 +49,7 @@ PERCENTS = {"validation_percentage", "testing_percentage"}
 EPOCHS = {"epochs", "head_epochs", "fine_tune_epochs"}
 CHOICES = {"arch", "head", "base", "schedule", "fine_tune_schedule", "freeze", "resize", "format", "link"}
 REQUIRED = {"models": ("dataset", "init", "trainer"), "teach": ("dataset", "features", "teacher"),
-            "features": ("dataset",), "weights": ("arch", "url")}  # url: these entries have no `file`
+            "features": ("dataset",), "weights": ("arch", "url")}  # url: of the entries that have one (no `file`, no `package`)
 # Where a second kind of value is also valid, it is never generated as the wrong one.
 ALSO_VALID = {"augment": {"bool", "mapping"}, "min_accuracy": {"number", "mapping"},
               "max_regression": {"number", "mapping"}, "sha256": {"null", "str", "mapping"}}
@@ -162,7 +162,7 @@ def bad_choice(draw, p):
 
 def missing(draw, p):
     section = draw(st.sampled_from(sorted(REQUIRED)))
-    key = draw(st.sampled_from(list(BASE[section])))
+    key = draw(st.sampled_from([k for k in BASE[section] if set(REQUIRED[section]) <= set(BASE[section][k])]))
     name = draw(st.sampled_from(REQUIRED[section]))
     how = draw(st.sampled_from(["delete", None, ""]))
     if how == "delete":

@@ -211,13 +211,13 @@ def test_a_bad_value_fails_in_one_line_naming_its_key(path, value, expected):
                                          "tasks/cnn/models.py)"),
     ("models.cards_ours_v2_100.head", "big", "head must be one of study_cards, study_banknotes, ours, spatial"),
     ("models.cards_study_v2_035.base", "resnet50", "base must be one of mobilenet, mobilenet_v2, "
-                                                   "mobilenet_v3_small, mobilenet_v3_large (BASES in"),
+                                                   "mobilenet_v3_small, mobilenet_v3_large, efficientnet_lite0 (BASES in"),
     ("features.cards_v2_100.base", "resnet50", "(BASES in tasks/photo/backbones.py), got 'resnet50'"),
     ("prepare.cards.resize", "stretch", "resize must be one of squash, crop (RESIZE in tasks/prepare/images.py)"),
     ("fetch.emnist_letters.format", "zip", "format must be one of mat, idx, auto"),
     ("fetch.cards.link", "symlink", "link must be one of copy, hardlink, got 'symlink'"),
     ("weights.mobilenet_v2_100_224.arch", "resnet50", "arch must be one of mobilenet_v2, mobilenet, "
-                                                      "mobilenet_v3_small, mobilenet_v3_large (ARCHS in tasks/fetch"),
+                                                      "mobilenet_v3_small, mobilenet_v3_large, efficientnet_lite0 (ARCHS in tasks/fetch"),
 ])
 def test_a_value_outside_its_choices_names_them(path, value, choices):
     message = error_of(put(params(), path, value))
@@ -238,7 +238,8 @@ def test_a_value_outside_its_choices_names_them(path, value, choices):
     ("models.emnist_cnn.init", "tasks/cnn/nope.py", "`tasks/cnn/nope.py` is no file under tasks/"),
     ("models.emnist_cnn.init", "weights.h5", "expected tasks/<a file>, models/<another recipe>/model.keras, "
                                              "data/features/<a features key>"),
-    ("features.cards_v2_100.weights", "nope", "no weights entry `nope` (mobilenet_v2_100_224, mobilenet_v2_035_224)"),
+    ("features.cards_v2_100.weights", "nope", "no weights entry `nope` (mobilenet_v2_100_224, efficientnet_lite0_224, "
+     "mobilenet_v2_035_224)"),
     ("teach.cards_v2_100_to_v2_035.teacher", "models/cards_ours_v2_100/weights.h5", "expected models/<a recipe"),
     ("evaluate.min_accuracy", {"default": 0.5, "nope": 0.9}, "evaluate.min_accuracy.nope: `nope` is neither "
                                                              "`default` nor a recipe of `models`"),
@@ -272,7 +273,8 @@ def test_rules_across_keys():
     assert "a features cache (init data/features/cards_v2_100) trains the heads ours, spatial only" in error_of(
         put(params(), "models.cards_ours_v2_100.head", "study_cards"))
     assert error_of(put(params(), "weights.mobilenet_v2_035_224.url", "")) == (
-        "params.yaml weights.mobilenet_v2_035_224: set `url` (upstream) or `file` (a local weights file)")
+        "params.yaml weights.mobilenet_v2_035_224: set `url` (upstream), `file` (a local weights file) or `package` "
+        "(an installed registry package that ships the file)")
     p = params()
     del p["weights"]["mobilenet_v2_035_224"]["mirror_alternatives"][0]["sha256"]
     assert error_of(p).startswith("params.yaml weights.mobilenet_v2_035_224.mirror_alternatives[0]: missing `sha256`")

@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -23,6 +24,76 @@ class OutputLocked(RuntimeError):
         who = f"process {pid}" if pid else "another process"
         super().__init__(f"{output}: {who} is writing it now (lock {lock}); wait for it to finish, "
                          f"or stop it, then rerun")
+
+
+# A write that finds no room: the disk (or the user's quota) is full, or the file-size limit (`ulimit -f`,
+# RLIMIT_FSIZE) is reached. One class of error: the remedy is the same, free space or raise the limit.
+NO_ROOM = frozenset(code for code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if code)
+_NO_ROOM_TEXT = {os.strerror(code): code for code in NO_ROOM}  # "No space left on device", "File too large", ...
+# what libraries that wrap the OSError keep of it: h5py "errno = 27", TensorFlow "<path>; File too large"
+_ERRNO_TEXT = re.compile(r"errno\s*=\s*(\d+)")
+_FILE_TEXT = re.compile(r"filename\s*=\s*'([^']+)'|(/[^\s;:'\"]+)\s*;\s*(?:%s)"
+                        % "|".join(map(re.escape, _NO_ROOM_TEXT)))
+
+
+class NoRoom(OSError):
+    """A write that found no room (ENOSPC, EFBIG, EDQUOT): one line naming the file and what to do."""
+
+    def __init__(self, path: Path | str | None, code: int, writing: str | None = None):
+        self.path, self.code, self.writing = path, code, writing
+        what = f"{path}: could not write it" if path else "could not write a file"
+        if writing and str(writing) != str(path):
+            what += f" (writing {writing})"
+        places = [str(Path(path).parent)] if path else []
+        if writing and not (path and Path(writing).is_relative_to(Path(path).parent)):
+            temp = tempfile.gettempdir()
+            places.append(f"the temp dir {temp}" if Path(writing).is_relative_to(temp) else str(Path(writing).parent))
+        super().__init__(f"{what}: {os.strerror(code)} ({errno.errorcode.get(code, code)}): no room for it, the "
+                         f"disk is full or the file-size limit (`ulimit -f`) is reached; free space"
+                         f"{' on ' + ' and '.join(places) if places else ''} or raise the limit, then rerun")
+        self.errno = code  # for callers that test it; the message above stays the text
+
+
+def no_room(e: BaseException | None) -> NoRoom | None:
+    """`e` as a NoRoom when it, or an error it was raised from, says a write found no room; else None.
+
+    An OSError by its errno; libraries that wrap it (TensorFlow's OpError, h5py's OSError without
+    an errno) by the text they keep of it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, NoRoom):
+            return e
+        code = e.errno if isinstance(e, OSError) and e.errno in NO_ROOM else None
+        text = str(getattr(e, "message", None) or e)
+        if code is None:
+            code = next((c for t, c in _NO_ROOM_TEXT.items() if t in text), None)
+        if code is None:
+            match = _ERRNO_TEXT.search(text)
+            code = int(match.group(1)) if match and int(match.group(1)) in NO_ROOM else None
+        if code is not None:
+            writing = getattr(e, "filename", None)
+            if not writing:
+                match = _FILE_TEXT.search(text)
+                writing = match and (match.group(1) or match.group(2))
+            return NoRoom(None, code, writing or None)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextmanager
+def room_for(path: Path):
+    """Raise a write in the block that finds no room (`no_room`) as NoRoom naming `path` (the file the
+    user knows, e.g. the output a temp file stands in for); other errors pass unchanged."""
+    try:
+        yield
+    except NoRoom:
+        raise
+    except Exception as e:  # noqa: BLE001 - OSError, TensorFlow's and h5py's errors alike
+        found = no_room(e)
+        if found is None:
+            raise
+        raise NoRoom(path, found.code, found.writing) from e
 
 
 def umask() -> int:
@@ -46,6 +117,20 @@ def _holder(path: Path) -> int | None:
         return None
 
 
+def try_flock(path: Path) -> int | None:
+    """Open `path` (created if missing) and take an exclusive `flock` on it without waiting: the open
+    fd, which holds the lock until closed; None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return None
+    return fd
+
+
 @contextmanager
 def output_lock(final: Path):
     """Hold the per-output lock `.<name>.lock` beside `final` for the block.
@@ -60,14 +145,9 @@ def output_lock(final: Path):
     final.parent.mkdir(parents=True, exist_ok=True)
     path = final.with_name(f".{final.name}.lock")
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise OutputLocked(final, path, _holder(path)) from None
+        fd = try_flock(path)
+        if fd is None:
+            raise OutputLocked(final, path, _holder(path))
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -169,8 +249,13 @@ def write_json(path: Path, data) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with room_for(path):
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -180,7 +265,7 @@ def atomic_file(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with room_for(path), os.fdopen(fd, "wb") as f:
             yield f
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
@@ -198,8 +283,25 @@ def atomic_path(path: Path, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
-        yield tmp
+        with room_for(path):
+            yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_files(paths):
+    """{final: temp path beside it} for the block to write (and read back); when the whole block
+    succeeds each temp is renamed over its final, else every temp is removed and every final is left
+    as it was (a set of files of which a failed run replaces none, e.g. an export's models)."""
+    temps = {Path(p): Path(p).with_name(f".{Path(p).name}.tmp-{os.getpid()}") for p in paths}
+    try:
+        yield temps
+        for final, tmp in temps.items():
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
         raise

@@ -11,15 +11,18 @@ copied to `current_dir`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from tasks.core.io import write_json
+from tasks.core.io import atomic_dir, atomic_files, room_for, write_json
 from tasks.records.tables import PREDICTIONS, PREDICTIONS_TFLITE
 from tasks.evaluate.tflite_metadata import add_classifier_metadata
 
@@ -48,10 +51,39 @@ def _float_input_model(model):
     return keras.Sequential([keras.Input(shape=shape, dtype="float32"), *body])
 
 
-def to_tflite_float32(model) -> bytes:
+@contextmanager
+def _converter(model):
+    """A TFLiteConverter of a Keras model, what `from_keras_model` makes, except that a failed write of
+    the SavedModel it goes through is an error: TensorFlow's own path swallows it and falls back to a
+    graph freeze that fails on Keras 3 with `TypeError: 'NoneType' object is not callable`, hiding a
+    full disk. The same SavedModel (the model's call with training=False, as TensorFlow writes it),
+    in a temp dir removed afterwards, and the same bytes out (checked against `from_keras_model`)."""
+    import keras
     import tensorflow as tf
+    from tensorflow.lite.python import conversion_metadata_schema_py_generated as conversion_metadata
 
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    if not isinstance(model, (keras.src.models.Functional, keras.src.models.Sequential)):
+        yield tf.lite.TFLiteConverter.from_keras_model(model)  # a subclassed model: TensorFlow's own way
+        return
+    signature = tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, dtype=x.dtype, name=x.name), model.inputs)
+    if isinstance(signature, list) and len(signature) > 1:
+        signature = [signature]
+    with tempfile.TemporaryDirectory(prefix="tlpipe-tflite-") as saved:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
+        archive.write_out(saved)  # its endpoint printout, as from_keras_model prints it (quiet runs swallow it)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        # the conversion metadata records where the model came from: a Keras model, as before
+        environment = getattr(getattr(converter, "_metadata", None), "environment", None)
+        if environment is not None:
+            environment.modelType = conversion_metadata.ModelType.KERAS_MODEL
+        yield converter
+
+
+def to_tflite_float32(model) -> bytes:
+    with _converter(model) as converter:
+        return converter.convert()
 
 
 def to_tflite_int8(model, representative: np.ndarray) -> bytes:
@@ -66,15 +98,15 @@ def to_tflite_int8(model, representative: np.ndarray) -> bytes:
     flat = representative[0].reshape(-1, representative.shape[-1] if representative.ndim == 4 else 1)
     flat[0], flat[-1] = 0, 255
     representative[0] = flat.reshape(representative[0].shape)
-    converter = tf.lite.TFLiteConverter.from_keras_model(_float_input_model(model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in representative)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
-    converter.inference_output_type = tf.uint8
-    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
-        warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
-        return converter.convert()
+    with _converter(_float_input_model(model)) as converter:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
+            warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
+            return converter.convert()
 
 
 def quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
@@ -168,15 +200,22 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     train_x, _, names = load_arrays(processed_dir, "train", limit=int(cfg["representative_pool"]) * n_rep)
     pick = np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]
     files = {"float32": out_dir / "model_float32.tflite", "int8": out_dir / "model_int8.tflite"}
-    files["float32"].write_bytes(to_tflite_float32(model))
-    files["int8"].write_bytes(to_tflite_int8(model, train_x[pick]))
-    (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    del train_x
     manifest = load_manifest(processed_dir)
     meta = model_info(model_path, cfg, info)
-    sizes = {kind: add_classifier_metadata(path, {**meta, "name": f"{meta['name']} ({kind})"}, names,
-                                           label_attributes=manifest.get("label_attributes") or None)
-             for kind, path in files.items()}
+    # Every file written whole under a temp name and renamed over the old ones only once all are: a
+    # failed export (a full disk, the file-size limit) leaves the previous TFLite files as they were.
+    with atomic_files([*files.values(), out_dir / "labels.txt"]) as temps:
+        for kind, path in files.items():
+            with room_for(path):  # also the converter's SavedModel in the temp dir
+                tflite = to_tflite_float32(model) if kind == "float32" else to_tflite_int8(model, train_x[pick])
+                temps[path].write_bytes(tflite)
+        with room_for(out_dir / "labels.txt"):
+            temps[out_dir / "labels.txt"].write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+        sizes = {kind: add_classifier_metadata(temps[path], {**meta, "name": f"{meta['name']} ({kind})"}, names,
+                                               label_attributes=manifest.get("label_attributes") or None,
+                                               output=path)
+                 for kind, path in files.items()}
+    del train_x
 
     split = evaluation_split(manifest)
     images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
@@ -245,13 +284,15 @@ def bless_evaluation(evaluation_path: Path, metrics_path: Path, gate: dict, base
 
 def promote(files: list, metrics_path: Path | None, current_dir: Path | None) -> bool:
     """Copy `files` and the metrics file to `current_dir` if the metrics say blessed; else leave
-    the current model as it is. The copied metrics.json is the next evaluation's blessed baseline."""
+    the current model as it is. The copied metrics.json is the next evaluation's blessed baseline.
+    The folder is replaced whole (tasks.core.io.atomic_dir): the old set or the new one, never a mix."""
     if not (current_dir and metrics_path and Path(metrics_path).exists()):
         return False
     if not json.loads(Path(metrics_path).read_text()).get("blessed"):
         return False
     current_dir = Path(current_dir)
-    current_dir.mkdir(parents=True, exist_ok=True)
-    for path in [*map(Path, files), Path(metrics_path)]:
-        shutil.copy2(path, current_dir / path.name)
+    with atomic_dir(current_dir) as tmp:  # the whole new set, or the old one if a copy fails
+        for path in [*map(Path, files), Path(metrics_path)]:
+            with room_for(current_dir / path.name):
+                shutil.copy2(path, tmp / path.name)
     return True

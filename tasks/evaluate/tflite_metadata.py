@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.core.io import atomic_path, room_for
+
 METADATA_NAME = "TFLITE_METADATA"
 MODEL_IDENTIFIER = b"TFL3"
 METADATA_IDENTIFIER = b"M001"
@@ -298,9 +300,10 @@ def labels_from_model(path: Path) -> list[str] | None:
 
 
 def add_classifier_metadata(tflite_path: Path, info: dict, label_names: list[str], *,
-                            label_attributes: dict | None = None) -> dict:
+                            label_attributes: dict | None = None, output: Path | None = None) -> dict:
     """Rewrite `tflite_path` (atomically) with image-classifier metadata and labels.txt (plus
-    label_attributes.json when given); returns {"bytes_without", "bytes_with"}."""
+    label_attributes.json when given); returns {"bytes_without", "bytes_with"}. `output`: the file
+    `tflite_path` stands in for (a temp name), as errors name it."""
     from ai_edge_litert.interpreter import Interpreter
 
     path = Path(tflite_path)
@@ -309,7 +312,8 @@ def add_classifier_metadata(tflite_path: Path, info: dict, label_names: list[str
     _, height, width, channels = (int(d) for d in interp.get_input_details()[0]["shape"])
     num_classes = int(interp.get_output_details()[0]["shape"][-1])
     if num_classes != len(label_names):
-        raise ValueError(f"{path}: the model has {num_classes} outputs but there are {len(label_names)} labels")
+        raise ValueError(f"{output or path}: the model has {num_classes} outputs but there are "
+                         f"{len(label_names)} labels")
     files = {"labels.txt": "".join(f"{n}\n" for n in label_names).encode("utf-8")}
     extra = {}
     if label_attributes:
@@ -318,7 +322,6 @@ def add_classifier_metadata(tflite_path: Path, info: dict, label_names: list[str
     meta = image_classifier_metadata(info, height=height, width=width, channels=channels,
                                      num_classes=num_classes, extra_files=extra)
     out = populate(model, meta, files)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(out)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, room_for(output or path):
+        tmp.write_bytes(out)
     return {"bytes_without": len(model), "bytes_with": len(out)}

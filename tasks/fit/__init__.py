@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from tasks.core.hashing import sha256_file
-from tasks.core.io import atomic_path, write_json
+from tasks.core.io import atomic_path, room_for, write_json
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class LiveLogger(keras.callbacks.Callback):
             path = self.dir / "plots" / "metrics" / split / f"{short}.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
             new = not path.exists()
-            with open(path, "a", encoding="utf-8") as f:
+            with room_for(path), open(path, "a", encoding="utf-8") as f:
                 f.write(f"step\t{short}\n" * new + f"{epoch}\t{float(value)}\n")
             latest.setdefault(split, {})[short] = float(value)
         write_json(self.dir / "metrics.json", latest)

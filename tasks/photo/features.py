@@ -56,7 +56,7 @@ def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Pa
     path = weights_file(weights_path)
     with float32_policy():
         base = build_base(cfg["base"], size, cfg["alpha"], path, seed=int(cfg.get("seed", 0)))
-        model = features_model(base, shape, size, pool=bool(cfg["pool"]))
+        model = features_model(base, shape, size, pool=bool(cfg["pool"]), name=cfg["base"])
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     info = {"base": cfg["base"], "alpha": float(cfg["alpha"]), "image_size": size, "image_shape": shape,
             "weights": path.name if path else None, "weights_sha256": sha256(path) if path else None,

@@ -97,7 +97,7 @@ def build(recipe: dict, manifest: dict, weights: Path | None):
     seed = int(recipe["seed"])
     base = backbones.build_base(recipe["base"], recipe["image_size"], recipe["alpha"], weights, seed=seed)
     shape = manifest["image_shape"]
-    inputs, x = backbones.front(shape, recipe["image_size"])
+    inputs, x = backbones.front(shape, recipe["image_size"], base=recipe["base"])
     outputs = heads.head(recipe["head"], base(x, training=False if _bn_frozen(recipe) else None),
                          manifest["num_classes"], Seeds(seed + 1), recipe["dropout"])
     model = keras.Model(inputs, outputs, name=f"{recipe['base']}_{recipe['head']}")

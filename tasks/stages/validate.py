@@ -38,7 +38,8 @@ TOP = ("mirror", "runtime", "datasets", "download", "fetch", "prepare", "weights
 RUNTIME = ("workers", "dask")
 DOWNLOAD = ("retries", "backoff_s", "timeout_s")
 ARRAY_FETCH = {"mnist": ("sha256",), "emnist_letters": ("format", "sha256")}
-WEIGHTS = ("arch", "alpha", "url", "sha256", "allow_unpinned", "mirror_alternatives", "file", "file_sha256")
+WEIGHTS = ("arch", "alpha", "url", "sha256", "allow_unpinned", "mirror_alternatives", "file", "file_sha256",
+           "package", "package_file")
 FEATURES = ("dataset", "seed")          # besides tasks/photo/features.py FEATURES_DEFAULTS
 REPORT = {"transfer": ("models", "dashed", "title", "heading", "caption"), "tables": ()}
 REPORT_TABLE = ("heading", "caption", "models")  # each entry of report.tables
@@ -438,7 +439,7 @@ VALUES: dict[str, Spec] = {
     "resize": Choice(("prepare/images.py", "RESIZE")),
     # weights
     "alpha": POSITIVE, "url": Str(null_ok=True), "allow_unpinned": Bool(null_ok=True), "file": Str(null_ok=True),
-    "file_sha256": HEX,
+    "file_sha256": HEX, "package": Str(null_ok=True), "package_file": Str(null_ok=True),
     "mirror_alternatives": Seq(Table(lambda: {"path": TEXT, "sha256": HEX}, ("path", "sha256"),
                                      "each alternative names its path and its sha256"), null_ok=True),
     # features, teach
@@ -543,8 +544,11 @@ TRAINER_RULES = {"tasks/photo": check_photo_recipe}
 
 
 def check_weights(where: str, entry: dict) -> None:
-    if not (entry.get("file") or entry.get("url")):
-        raise fail(where, "set `url` (upstream) or `file` (a local weights file)")
+    if not (entry.get("file") or entry.get("url") or entry.get("package")):
+        raise fail(where, "set `url` (upstream), `file` (a local weights file) or `package` (an installed registry "
+                          "package that ships the file)")
+    if entry.get("package") and not (entry.get("package_file") and entry.get("sha256")):
+        raise fail(where, "`package` needs `package_file` (the file's path inside it) and `sha256` (its pin)")
 
 
 # ---------------------------------------------------------------- sections
