@@ -139,7 +139,8 @@ def main() -> None:
     ap.add_argument("--base", default="efficientnet_lite0")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--cut", default=None, help="first layer of the top blocks (default per base)")
-    ap.add_argument("--only", default=None, help="comma-separated row numbers (debugging)")
+    ap.add_argument("--only", default=None, help="comma-separated row numbers, in this order (0 twice: drift)")
+    ap.add_argument("--out", default=None, help="JSON name under reports/bench/ (default cpu_train_<base>.json)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     cut = args.cut or CUTS[args.base]
@@ -170,7 +171,7 @@ def main() -> None:
         rows.append(r)
         print(f"{name:38s} {r['images_per_s']:7.1f} {r['ratio']:6.2f} {r['train_gflop_per_image']:9.3f} "
               f"{r['fraction_of_bound']:8.2f} {r['warmup_s']:9.1f}")
-    out = ROOT / "reports" / "bench" / f"cpu_train_{args.base}.json"
+    out = ROOT / "reports" / "bench" / (args.out or f"cpu_train_{args.base}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"base": args.base, "cut": cut, "steps": args.steps, "cores": os.cpu_count(),
                                "load_average_at_start": load, "matmul_gflops": round(peak, 1), "rows": rows},

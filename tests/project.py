@@ -45,3 +45,11 @@ def serve_dir(server, directory: Path) -> str:
         if p.is_file():
             server.add(p.relative_to(directory).as_posix(), p.read_bytes())
     return server.base
+
+
+def mnist_mirror_params(tmp_path: Path, root: Path) -> dict:
+    """An MNIST-only project at `root` reading a local mirror of fixture files under `tmp_path/mirror`:
+    writes both, returns the project's params (to extend and write back)."""
+    pins = write_mirror(tmp_path / "mirror", mat=False, idx=False)
+    write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
+    return yaml.safe_load((root / "params.yaml").read_text())

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from dvcproject import init_dvc_project
-from project import write_mirror, write_params
+from project import mnist_mirror_params
 from test_deploy import api, prefect_server, start, stop, tail  # noqa: F401 (prefect_server: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +61,8 @@ if _SLEEP:
 @pytest.fixture
 def project(tmp_path):
     """The fixture project (also a checkout a process worker can run: flows/ is there too)."""
-    pins = write_mirror(tmp_path / "mirror", mat=False, idx=False)
     root = tmp_path / "proj"
-    write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = mnist_mirror_params(tmp_path, root)
     params.update({"models": {"tiny": RECIPE}, "weights": {}, "features": {}, "teach": {}, "report": {}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_dvc_project(root)

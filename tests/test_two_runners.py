@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from dvcproject import REPO, dvc_env, dvc_status, init_dvc_project, sh
-from project import write_mirror, write_params
+from project import mnist_mirror_params
 
 BIN = Path(sys.executable).parent
 STAGES = {"fetch@mnist", "fetch@digits"}
@@ -27,10 +27,8 @@ HELD = 'while [ -n "$HOLD" ] && [ -e "$HOLD" ]; do touch "$HOLD.here"; sleep 0.1
 
 @pytest.fixture
 def project(tmp_path):
-    pins = write_mirror(tmp_path / "mirror", mat=False, idx=False)
     root = tmp_path / "proj"
-    write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = mnist_mirror_params(tmp_path, root)
     params["datasets"]["digits"] = "mnist"  # the same source module under a second key
     params["fetch"]["digits"] = dict(params["fetch"]["mnist"])
     params["prepare"]["digits"] = dict(params["prepare"]["mnist"])
