@@ -3,7 +3,8 @@ XLA (`jit_compile=True`), intra/inter-op thread counts, batch size, fine-tuning 
 and training the top blocks on cached activations of the frozen lower blocks (what a cache of a few
 augmented views would give: only the top runs per step).
 
-    python bench/cpu_train_bench.py [--base efficientnet_lite0] [--steps 4] [--cut block11]
+    python bench/cpu_train_bench.py [--base efficientnet_lite0] [--steps 4] [--cut block11] [--only 0,7]
+        [--alpha 0.35 --frozen-bn]   # MobileNetV2 as the cards recipes train it
 
 Each configuration runs in its own process (thread counts are process-wide): random 224x224 uint8
 images, the project's own base (tasks/photo/backbones, BN trainable as the Lite0 recipes have it),
@@ -35,18 +36,21 @@ CONFIGS = [  # name, {batch, jit, intra, inter, from (a layer name or 0), cached
     ("top blocks only (from the cut)", dict(batch=32, frm="cut")),
     ("top blocks on cached activations", dict(batch=32, frm="cut", cached=True)),
     ("cached activations + XLA", dict(batch=32, frm="cut", cached=True, jit=True)),
+    ("cached activations, threads 2 / 1", dict(batch=32, frm="cut", cached=True, intra=2, inter=1)),
+    ("cached activations, batch 16", dict(batch=16, frm="cut", cached=True)),
+    ("cached activations, batch 64", dict(batch=64, frm="cut", cached=True)),
 ]
 CUTS = {"efficientnet_lite0": "block11_expand_conv", "mobilenet_v2": "block_13_expand"}
 
 
-def build(base_name: str, cfg: dict, cut: str):
+def build(base_name: str, cfg: dict, cut: str, alpha: float = 1.0, train_bn: bool = True):
     import keras
 
     from tasks.photo import backbones
 
-    base = backbones.build_base(base_name, 224, 1.0, None, seed=0)
+    base = backbones.build_base(base_name, 224, alpha, None, seed=0)
     start = 0 if cfg.get("frm") != "cut" else [layer.name for layer in base.layers].index(cut)
-    backbones.set_trainable(base, start, train_bn=True)
+    backbones.set_trainable(base, start, train_bn=train_bn)
     if cfg.get("cached"):  # the top of the base alone, fed the activations at the cut
         top = keras.Model(base.get_layer(cut).input, base.output, name="top")
         inputs = keras.Input(top.input.shape[1:], name="activations")
@@ -89,7 +93,7 @@ def flops_per_image(model) -> tuple[float, float]:
     return train, fwd
 
 
-def one(base_name: str, cfg: dict, steps: int, cut: str) -> dict:
+def one(base_name: str, cfg: dict, steps: int, cut: str, alpha: float = 1.0, train_bn: bool = True) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -99,7 +103,7 @@ def one(base_name: str, cfg: dict, steps: int, cut: str) -> dict:
     import keras
 
     keras.utils.set_random_seed(0)
-    model, _ = build(base_name, cfg, cut)
+    model, _ = build(base_name, cfg, cut, alpha, train_bn)
     model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", jit_compile=bool(cfg.get("jit")))
     batch = cfg["batch"]
     shape = model.input.shape[1:]
@@ -139,13 +143,16 @@ def main() -> None:
     ap.add_argument("--base", default="efficientnet_lite0")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--cut", default=None, help="first layer of the top blocks (default per base)")
+    ap.add_argument("--alpha", type=float, default=1.0, help="width multiplier (MobileNets)")
+    ap.add_argument("--frozen-bn", action="store_true", help="batch norm frozen, as the MobileNetV2 recipes have it")
     ap.add_argument("--only", default=None, help="comma-separated row numbers, in this order (0 twice: drift)")
     ap.add_argument("--out", default=None, help="JSON name under reports/bench/ (default cpu_train_<base>.json)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     cut = args.cut or CUTS[args.base]
     if args.one:
-        print("RESULT " + json.dumps(one(args.base, json.loads(args.one), args.steps, cut)))
+        print("RESULT " + json.dumps(one(args.base, json.loads(args.one), args.steps, cut, args.alpha,
+                                         not args.frozen_bn)))
         return
     if args.one is None and os.environ.get("TF_CPP_MIN_LOG_LEVEL") is None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -155,10 +162,11 @@ def main() -> None:
                                 capture_output=True, text=True, check=True).stdout.split()[-1])
     rows = []
     picked = [CONFIGS[int(i)] for i in args.only.split(",")] if args.only else CONFIGS
-    print(f"{args.base}: matmul bound {peak:.1f} GFLOP/s on {os.cpu_count()} cores (load {load[0]:.2f})")
+    print(f"{args.base} alpha {args.alpha} (BN {'frozen' if args.frozen_bn else 'training'}): matmul bound {peak:.1f} GFLOP/s on {os.cpu_count()} cores (load {load[0]:.2f})")
     print(f"{'configuration':38s} {'img/s':>7s} {'ratio':>6s} {'GFLOP/img':>9s} {'of bound':>8s} {'warm-up s':>9s}")
     for name, cfg in picked:
         done = subprocess.run([sys.executable, __file__, "--base", args.base, "--steps", str(args.steps), "--cut", cut,
+                               "--alpha", str(args.alpha), *(["--frozen-bn"] if args.frozen_bn else []),
                                "--one", json.dumps(cfg)], capture_output=True, text=True)
         line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
         if done.returncode or not line:
@@ -173,7 +181,8 @@ def main() -> None:
               f"{r['fraction_of_bound']:8.2f} {r['warmup_s']:9.1f}")
     out = ROOT / "reports" / "bench" / (args.out or f"cpu_train_{args.base}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"base": args.base, "cut": cut, "steps": args.steps, "cores": os.cpu_count(),
+    out.write_text(json.dumps({"base": args.base, "alpha": args.alpha, "train_bn": not args.frozen_bn, "cut": cut,
+                               "steps": args.steps, "cores": os.cpu_count(),
                                "load_average_at_start": load, "matmul_gflops": round(peak, 1), "rows": rows},
                               indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -233,7 +233,7 @@ def test_a_value_outside_its_choices_names_them(path, value, choices):
     ("models.mnist_transfer_conv.init", "models/nope/model.keras", "`models/nope/model.keras`: no recipe `nope`"),
     ("models.emnist_cnn.init", "models/emnist_cnn/model.keras", "is this recipe's own model"),
     ("models.cards_ours_v2_100.init", "data/features/nope", "no entry `nope` in `features` (cards_v2_100, "
-                                                            "cards_v2_035)"),
+                                                            "cards_v2_035, cards_v2_100_cut13)"),
     ("models.cards_study_v2_035.init", "data/weights/nope", "no entry `nope` in `weights`"),
     ("models.emnist_cnn.init", "tasks/cnn/nope.py", "`tasks/cnn/nope.py` is no file under tasks/"),
     ("models.emnist_cnn.init", "weights.h5", "expected tasks/<a file>, models/<another recipe>/model.keras, "
@@ -327,7 +327,7 @@ def test_every_key_the_code_reads_has_a_value_spec():
                 v.literal_keys("photo/features.py", "FEATURES_DEFAULTS"),
                 v.literal_keys("photo/teach.py", "TEACH_DEFAULTS")]
     for keys in sections:
-        assert set(v.fields(keys)) == set(keys)  # a KeyError names a key without a spec in VALUES
+        assert set(v.fields(keys, v.FEATURES_VALUES)) == set(keys)  # a KeyError names a key without a spec
     for trainer in v.TRAINERS:  # a trainer's own specs (augment) first
         assert set(v.fields(v.recipe_keys(trainer), v.TRAINER_VALUES[trainer])) == set(v.recipe_keys(trainer))
 
@@ -364,3 +364,16 @@ def test_the_value_sets_are_the_codes():
 
     assert f"if schedule not in {spelled(v.SCHEDULES)}:" in (REPO / "tasks/fit/__init__.py").read_text()
     assert f"if link not in {spelled(v.LINKS)}:" in (REPO / "tasks/fetch/photos.py").read_text()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"views": 4, "augment": False}, "views 4 with augment False: .*needs augment"),
+    ({"views": 1}, "views 1 with augment \\{"),
+    ({"views": 0}, "features.cards_v2_100_cut13.views"),
+    ({"augment": {"crop": 0.1, "zoom": 0.2}}, "zoom"),
+])
+def test_a_cut_caches_views_and_augment_are_checked(change, message):
+    p = params()
+    p["features"]["cards_v2_100_cut13"] = {**p["features"]["cards_v2_100_cut13"], **change}
+    with pytest.raises(ParamsError, match=message):
+        validate(p)

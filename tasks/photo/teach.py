@@ -5,7 +5,9 @@ depends on the teacher through it (DVC cannot interpolate a `teacher` key that o
 
 Params `teach.<key>` = {dataset, features: <features key>, teacher: models/<k>/model.keras,
 temperature}. The targets are p ** (1/T), renormalised (= softmax(logits / T)), computed once on the
-clean train images in stored order (the student sees them augmented). `teach.json` records the
+train images in the cache's order: the clean images as stored (the student sees them augmented), or
+for a cache of views (features `views`) each view, replayed through the cache's own seeded
+augmentation, so the teacher judges the very images the student's activations came from. `teach.json` records the
 features cache's content hash, so a rebuilt cache changes this output and retrains the student.
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ def teach(teacher_path: Path, data_dir: Path, cache: Path, out_dir: Path, cfg: d
     import keras
 
     from tasks.photo import features
-    from tasks.records.shards import load_manifest, load_split
+    from tasks.records.shards import load_manifest
 
     teacher_path, cache = Path(teacher_path), Path(cache)
     if not teacher_path.is_file():
@@ -60,10 +62,10 @@ def teach(teacher_path: Path, data_dir: Path, cache: Path, out_dir: Path, cfg: d
         raise ValueError(f"teacher {teacher_path}: takes {teacher.input_shape[1:]} and predicts "
                          f"{teacher.output_shape[-1]} classes; this dataset has {manifest['image_shape']} images "
                          f"and {k} classes")
-    train, _ = load_split(data_dir, "train")
+    info = json.loads((cache / features.INFO).read_text())
     start = time.time()
     probs, labels = [], []
-    for x, y in train.batch(64):
+    for x, y, _, _ in features.cached_images(data_dir, "train", info, manifest):  # the cache's batches: its views
         probs.append(teacher(x, training=False).numpy().astype(np.float64))
         labels.append(y.numpy())
     probs, labels = np.concatenate(probs), np.concatenate(labels)

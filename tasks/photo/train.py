@@ -3,7 +3,11 @@
 Two modes, chosen by `init_path`:
 - cache: a features dir (features.json): phase 1 fits the head (`ours`, or `spatial` on a cache of
   feature maps) on the cached features (seconds); phase 2 puts it on the cache's base
-  (base.weights.h5) and fine-tunes end to end on the images.
+  (base.weights.h5) and fine-tunes end to end on the images. A cut cache (features `cut`, `views`)
+  holds the activations entering a base layer for a few augmented views of each image: phase 1 fits
+  the head on the top's pooled output, phase 2 fine-tunes the top (from `fine_tune_from`, at or above
+  the cut) on the cached activations, never running the frozen lower blocks; an epoch is one pass
+  over every view.
 - on the fly: a weights file / dir holding one, or a .py file (random init): the full model is built
   here; phase 1 trains the head with the base frozen (or everything, `freeze_base: false`), phase 2
   unfreezes the base from `fine_tune_from` on.
@@ -125,6 +129,37 @@ def copy_head(src: keras.Model, dst: keras.Model) -> None:
             dst.get_layer(layer.name).set_weights(layer.get_weights())
 
 
+def on_cut(base: keras.Model, info: dict, num_classes: int, recipe: dict) -> tuple[keras.Model, keras.Model]:
+    """(the base's top: from the cut cache's layer to the last feature map, sharing the base's layers;
+    that top + the recipe's head, fed cached activations). Training it trains the full model's base."""
+    top = keras.Model(base.get_layer(info["cut"]).input, base.output, name="top")
+    inputs = keras.Input(shape=tuple(info["shape"]), name="activations")
+    x = top(inputs, training=False if _bn_frozen(recipe) else None)
+    outputs = heads.head(recipe["head"], x, num_classes, Seeds(int(recipe["seed"]) + 1), recipe["dropout"])
+    return top, keras.Model(inputs, outputs, name="on_cut")
+
+
+def pooled_top(top: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The top's globally pooled output (float32 N x D) for cached activations `x` (the head phase of a
+    cut cache trains on these: the top runs once per view, not once per epoch)."""
+    pool = keras.Sequential([top, keras.layers.GlobalAveragePooling2D()])
+    run = tf.function(lambda b: pool(tf.cast(b, tf.float32), training=False), reduce_retracing=True)
+    parts = [run(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, int(top.output_shape[-1])), np.float32)
+
+
+def check_cut(recipe: dict, info: dict, cache: Path) -> None:
+    """A cut cache fine-tunes above its cut only, and trains the `ours` head (its phase 1 runs on the
+    top's pooled output)."""
+    if recipe["head"] != "ours":
+        raise ValueError(f"{cache}: a cut cache (cut {info['cut']}) trains the head 'ours' only, not "
+                         f"{recipe['head']!r}")
+    if int(recipe["fine_tune_epochs"]) > 0 and int(recipe["fine_tune_from"]) < int(info["cut_index"]):
+        raise ValueError(f"{cache}: fine_tune_from {recipe['fine_tune_from']} is below the cut {info['cut']} "
+                         f"(base layer {info['cut_index']}): the layers under it are baked into the cached "
+                         f"activations; set fine_tune_from >= {info['cut_index']}")
+
+
 def image_datasets(data_dir: Path, recipe: dict, manifest: dict, one_hot: int | None, soft=None):
     """Batched train (seeded reshuffle each epoch; repeated when steps_per_epoch is set) and validation.
     `soft`: the teacher's targets for the train split in stored order (distillation), or None."""
@@ -145,13 +180,19 @@ def image_datasets(data_dir: Path, recipe: dict, manifest: dict, one_hot: int | 
 
 
 def feature_datasets(cache: Path, recipe: dict, one_hot: int | None, soft=None):
+    return array_datasets(features.load_split(cache, "train"), features.load_split(cache, "validation"), recipe,
+                          one_hot, soft)
+
+
+def array_datasets(train_xy, val_xy, recipe: dict, one_hot: int | None, soft=None):
+    """Batched (train reshuffled each epoch, validation) of in-memory (features, labels) pairs."""
     seed, bs = int(recipe["seed"]), int(recipe["batch_size"])
-    x, y = features.load_split(cache, "train")
+    x, y = train_xy
     train = tf.data.Dataset.from_tensor_slices((x, y))
     if soft is not None:
         train = _with_soft_targets(train, soft, recipe, soft.shape[1])
     train = train.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    val = tf.data.Dataset.from_tensor_slices(features.load_split(cache, "validation"))
+    val = tf.data.Dataset.from_tensor_slices(val_xy)
     as_float32 = lambda f, label: (tf.cast(f, tf.float32), label)  # noqa: E731 - maps are stored float16
     return (_finish(train.batch(bs).map(as_float32), None if soft is not None else one_hot),
             _finish(val.batch(bs).map(as_float32), one_hot))
@@ -265,13 +306,18 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     k = manifest["num_classes"]
     one_hot = k if float(recipe["label_smoothing"] or 0) or recipe["teacher"] else None
     steps = int(recipe["steps_per_epoch"]) if recipe["steps_per_epoch"] else None
+    cut = bool(info and info.get("cut"))
+    if cut:
+        check_cut(recipe, info, cache)
+    n_train = info["splits"]["train"]["count"] if cut else manifest["splits"]["train"]["count"]
     # built here, before any training, so a bad `fine_tune_schedule` fails before the head phase runs
     fine_tune_lr = learning_rate({"lr": recipe["fine_tune_lr"], "schedule": recipe["fine_tune_schedule"],
                                   "epochs": recipe["fine_tune_epochs"]},
-                                 steps or -(-manifest["splits"]["train"]["count"] // int(recipe["batch_size"])))
+                                 steps or -(-n_train // int(recipe["batch_size"])))
     with strategy.scope():
         model, base, train_model = build(recipe, manifest, weights)
-        head_model = head_on_features(info["shape"], k, recipe) if cache else None
+        top, train_model = on_cut(base, info, k, recipe) if cut else (None, train_model)
+        head_model = head_on_features([base.output_shape[-1]] if cut else info["shape"], k, recipe) if cache else None
     best = max((r["val_accuracy"] for r in read_log(out_dir / "log.csv")), default=None)
     checkpoint = BestCheckpoint(out_dir / "model.keras", model, best)
     common = dict(out_dir=out_dir, live_dir=live_dir, checkpoint=checkpoint, patience=int(recipe["patience"]),
@@ -284,7 +330,13 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
             checkpoint.before_save = lambda: copy_head(head_model, model)
             with strategy.scope():
                 compile_for(head_model, recipe["head_lr"], recipe)
-            train_ds, val_ds = feature_datasets(cache, recipe, one_hot, soft)
+            if cut:  # the head learns the top's pooled output of every cached view
+                (x, y), val = (features.load_split(cache, s) for s in ("train", "validation"))
+                train_ds, val_ds = array_datasets((pooled_top(top, x), y), (pooled_top(top, val[0]), val[1]),
+                                                  recipe, one_hot, soft)
+                del x
+            else:
+                train_ds, val_ds = feature_datasets(cache, recipe, one_hot, soft)
             fitted, phase_steps = head_model, None
         else:
             backbones.set_trainable(base, None if recipe["freeze_base"] else 0, recipe["train_bn"])
@@ -304,13 +356,20 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     else:
         model.load_weights(out_dir / HEAD_WEIGHTS)
         seconds["head"] = head_state["fit_seconds"]
+    if cut:  # the full model's head, now trained, onto the top that phase 2 fits
+        copy_head(model, train_model)
 
-    # phase 2: fine-tune the base from `fine_tune_from` on, end to end on (augmented) images
+    # phase 2: fine-tune the base from `fine_tune_from` on, end to end on (augmented) images, or above
+    # the cut on a cut cache's activations of the augmented views
     if int(recipe["fine_tune_epochs"]) > 0:
         backbones.set_trainable(base, int(recipe["fine_tune_from"]), recipe["train_bn"])
         with strategy.scope():
             compile_for(train_model, fine_tune_lr, recipe)
-        train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot, soft)
+        if cut:  # the top + head on the cached activations; the best epoch's head goes into the full model
+            train_ds, val_ds = feature_datasets(cache, recipe, one_hot, soft)
+            checkpoint.before_save = lambda: copy_head(train_model, model)
+        else:
+            train_ds, val_ds = image_datasets(data_dir, recipe, manifest, one_hot, soft)
         seconds["fine_tune"] = fit_phase("fine_tune", train_model, train_ds, val_ds,
                                          epochs=int(recipe["fine_tune_epochs"]),
                                          initial_epoch=head_state["epochs_run"], steps=steps, **common)
@@ -326,7 +385,9 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
     write_json(out_dir / "history.json", history)
     summary = {
         "model": model_key, "recipe": recipe, "dataset": manifest.get("dataset", recipe.get("dataset")),
-        "mode": "cache" if cache else "on_the_fly", "used_cache": bool(cache),
+        "mode": ("cut" if cut else "cache") if cache else "on_the_fly", "used_cache": bool(cache),
+        **({"cut": info["cut"], "views": int(info.get("views", 1)),
+            "train_examples": int(info["splits"]["train"]["count"])} if cut else {}),
         "init": recipe.get("init") or (str(init_path) if init_path else None),  # as params spell it
         "weights_sha256": info["weights_sha256"] if info else (backbones.sha256(weights) if weights else None),
         "epochs_run": len(history), "resumed": resuming,

@@ -444,7 +444,8 @@ VALUES: dict[str, Spec] = {
                                      "each alternative names its path and its sha256"), null_ok=True),
     # features, teach
     "dataset": Ref("dataset"), "base": Choice(("photo/backbones.py", "BASES")), "weights": Ref("weights"),
-    "pool": Bool(), "features": TEXT, "teacher": TEXT, "temperature": POSITIVE,
+    "pool": Bool(), "cut": Str(null_ok=True), "views": SIZE, "features": TEXT, "teacher": TEXT,
+    "temperature": POSITIVE,
     # recipes, both trainers (`augment`: TRAINER_VALUES)
     "init": Ref("init"), "trainer": TEXT, "min_accuracy": FRACTION, "seed": COUNT, "batch_size": SIZE,
     "patience": COUNT,
@@ -471,6 +472,7 @@ VALUES: dict[str, Spec] = {
 WEIGHTS_VALUES = {"arch": Choice(("fetch/weights.py", "ARCHS"))}
 ARRAY_FETCH_VALUES = {"sha256": OpenMap(HEX, TEXT, "a mapping file name -> sha256", null_ok=True)}
 EVALUATE_VALUES = {"min_accuracy": GATE, "max_regression": GATE}
+FEATURES_VALUES = {"augment": augment_spec("photo/augment.py")}  # the train split's views 1..V-1
 TRAINER_VALUES = {"tasks/cnn": {"augment": augment_spec("cnn/train.py")},
                   "tasks/photo": {"augment": augment_spec("photo/augment.py")}}
 
@@ -655,7 +657,13 @@ def validate(params: dict) -> dict:
     features_defaults = literal_defaults("photo/features.py", "FEATURES_DEFAULTS")
     for key, entry in _entries(params, "features").items():
         check_entry(f"features.{key}", entry, (*features_defaults, *FEATURES), refs, nullable=nulls(features_defaults),
-                    required=("dataset",), why="a features entry names its dataset: its stage depends on it")
+                    specs=FEATURES_VALUES, required=("dataset",),
+                    why="a features entry names its dataset: its stage depends on it")
+        views = int(entry.get("views") or 1)
+        if (views > 1) != bool(entry.get("augment")):
+            raise fail(f"features.{key}", f"views {views} with augment {show(entry.get('augment'))}: views 1.. of the "
+                                          f"train split are the augmented ones, so views >= 2 needs augment and "
+                                          f"augment needs views >= 2")
     models, teach = _entries(params, "models"), _entries(params, "teach")
     for key, entry in teach.items():
         check_entry(f"teach.{key}", entry, (*TEACH, *literal_keys("photo/teach.py", "TEACH_DEFAULTS")), refs,
