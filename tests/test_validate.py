@@ -233,7 +233,7 @@ def test_a_value_outside_its_choices_names_them(path, value, choices):
     ("models.mnist_transfer_conv.init", "models/nope/model.keras", "`models/nope/model.keras`: no recipe `nope`"),
     ("models.emnist_cnn.init", "models/emnist_cnn/model.keras", "is this recipe's own model"),
     ("models.cards_ours_v2_100.init", "data/features/nope", "no entry `nope` in `features` (cards_v2_100, "
-                                                            "cards_v2_035, cards_v2_100_cut13)"),
+                                                            "cards_v2_035, cards_v2_100_cut13, cards_v2_035_cut6)"),
     ("models.cards_study_v2_035.init", "data/weights/nope", "no entry `nope` in `weights`"),
     ("models.emnist_cnn.init", "tasks/cnn/nope.py", "`tasks/cnn/nope.py` is no file under tasks/"),
     ("models.emnist_cnn.init", "weights.h5", "expected tasks/<a file>, models/<another recipe>/model.keras, "
