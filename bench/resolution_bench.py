@@ -1,6 +1,6 @@
 """Is input resolution a lever for the cards models? The head phase of a photo recipe at several sizes.
 
-    python bench/resolution_bench.py [--recipe cards_ours_v2_035] [--sizes 224 320] [--features cards_v2_035]
+    python bench/resolution_bench.py [--recipe cards_ours_v2_100] [--sizes 224 320] [--features cards_v2_100]
 
 For each size: the bottleneck cache of the recipe's base at that input size (tasks.photo.features
 .compute_features with the `features.<f>` entry's base, alpha and ImageNet weights, `image_size` changed;
@@ -30,8 +30,8 @@ from tasks.core.io import write_json  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="cards_ours_v2_035")
-    ap.add_argument("--features", default="cards_v2_035", help="the features entry the recipe's cache comes from")
+    ap.add_argument("--recipe", default="cards_ours_v2_100")
+    ap.add_argument("--features", default="cards_v2_100", help="the features entry the recipe's cache comes from")
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 320])
     ap.add_argument("--out")
     args = ap.parse_args()

@@ -275,10 +275,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("key", help="weights key from params.yaml `weights` (e.g. mobilenet_v2_035_224)")
     p.set_defaults(run=_fetch_weights)
     p = sub.add_parser("features", help="compute a bottleneck-feature cache")
-    p.add_argument("key", help="features key from params.yaml `features` (e.g. cards_v2_035)")
+    p.add_argument("key", help="features key from params.yaml `features` (e.g. cards_v2_100_cut13)")
     p.set_defaults(run=_features)
     p = sub.add_parser("teach", help="a teacher's softened predictions for a distilled student")
-    p.add_argument("key", help="teach key from params.yaml `teach` (e.g. cards_v2_100_to_v2_035)")
+    p.add_argument("key", help="teach key from params.yaml `teach` (e.g. cards_cut_v2_100_to_v2_035)")
     p.set_defaults(run=_teach)
     for name in ("train", "evaluate", "export"):
         p = sub.add_parser(name, help=f"{name} a model (a key of params.yaml `models`)")

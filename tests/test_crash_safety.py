@@ -238,7 +238,7 @@ def test_worker_processes_die_with_a_killed_prepare(tmp_path):
 
 def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(tmp_path):
     src = tmp_path / "photos"
-    class_tree(src, {"red": 5, "green": 5})
+    class_tree(src, {"red": 8, "green": 8})  # enough for a non-empty test split
     bad = os.path.join(os.fsencode(src / "red"), b"caf\xe9.jpg")
     with open(bad, "wb") as f:
         f.write((src / "red" / "000.jpg").read_bytes()[:-1] + b"\xd9")
@@ -251,7 +251,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(tmp_path):
     manifest = prepare(Project(root), "shapes")
     skipped = {s["file"]: s["reason"] for s in manifest["skipped"]}
     assert "not valid UTF-8" in skipped["red/caf\\xe9.jpg"] and "not valid UTF-8" in skipped["gr\\xfcn/0.jpg"]
-    assert manifest["num_classes"] == 2 and sum(v["count"] for v in manifest["splits"].values()) == 10
+    assert manifest["num_classes"] == 2 and sum(v["count"] for v in manifest["splits"].values()) == 16
     json.dumps(manifest, ensure_ascii=False).encode("utf-8")  # writable as UTF-8 JSON
 
 

@@ -192,18 +192,18 @@ def test_a_distillation_recipe_is_ordered_after_its_teacher(tmp_path):
     """A student is one more recipe under `models` whose `init` is a teach@ output: its train@ runs after
     teach@, which runs after the teacher's train@ and the student's features cache."""
     text = (REPO / "params.yaml").read_text()
-    student = ("\nmodels:\n  cards_student:\n    dataset: cards\n    init: data/teach/cards_v2_100_to_v2_035\n"
+    student = ("\nmodels:\n  cards_student:\n    dataset: cards\n    init: data/teach/cards_cut_v2_100_to_v2_035\n"
                "    trainer: tasks/photo\n    distill_weight: 0.5\n    min_accuracy: 0.5\n")
     assert "\nmodels:\n" in text
     repo, env = new_repo(tmp_path, params_text=text.replace("\nmodels:\n", student, 1))
     stages = {s.name: s for s in stages_of(repo)}
     assert {"train@cards_student", "evaluate@cards_student", "export@cards_student"} <= set(stages)
-    assert "train@cards_distill_v2_035" in stages  # the committed student is still there
-    assert "data/teach/cards_v2_100_to_v2_035" in {d.def_path for d in stages["train@cards_student"].deps}
-    teach = stages["teach@cards_v2_100_to_v2_035"]
-    assert {"models/cards_ours_v2_100/model.keras", "data/features/cards_v2_035"} <= {d.def_path for d in teach.deps}
+    assert "train@cards_cut_distill_v2_035" in stages  # the committed student is still there
+    assert "data/teach/cards_cut_v2_100_to_v2_035" in {d.def_path for d in stages["train@cards_student"].deps}
+    teach = stages["teach@cards_cut_v2_100_to_v2_035"]
+    assert {"models/cards_cut_v2_100/model.keras", "data/features/cards_v2_035_cut6"} <= {d.def_path for d in teach.deps}
     dag = run(["dvc", "dag", "--dot", "train@cards_student"], repo, env)
-    assert "train@cards_ours_v2_100" in dag and "teach@cards_v2_100_to_v2_035" in dag
+    assert "train@cards_cut_v2_100" in dag and "teach@cards_cut_v2_100_to_v2_035" in dag
 
 
 def test_a_folder_dataset_added_in_params_alone_is_built_by_dvc_repro(tmp_path):

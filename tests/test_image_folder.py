@@ -10,6 +10,7 @@ from PIL import Image, ImageFile
 
 from photos import class_tree, encoded, jpeg, pattern, small_prepare, write, write_params
 from tasks.prepare import photos as image_folder
+from tasks.prepare.splits import percentage
 from tasks.cli import main
 from tasks.stages.project import Project
 from tasks.fetch.download import NotFound
@@ -125,15 +126,21 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_right(messy)
 
     assert manifest["labels"] == {"0": "blue", "1": "green", "2": "red"}
     assert manifest["image_shape"] == [32, 32, 3] and manifest["encoding"] == "jpeg"
-    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 20, "validation": 3}
-    assert manifest["splits"]["train"]["per_class"] == {"0": 9, "1": 6, "2": 5}
+    # valid/ is the validation split; no test/ folder, so test is carved from train/ (testing_percentage 20)
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 18, "validation": 3, "test": 2}
+    assert {k: manifest["splits"]["train"]["per_class"][k] + manifest["splits"]["test"]["per_class"].get(k, 0)
+            for k in "012"} == {"0": 9, "1": 6, "2": 5}
     assert manifest["images"]["passthrough"] == 13 and manifest["images"]["reencoded"] == 10
     assert manifest["images"]["rotated"] == 2
-    assert any("evaluation falls back to the validation split" in n for n in manifest["notes"])
+    assert "test: 20% of train/, carved by a stable hash of the relative path (the dataset has no test folder)" \
+        in manifest["notes"]
+    assert manifest["split_origin"] == {
+        "train": "train/ less the splits carved from it", "validation": "the valid/ folder (the dataset's own)",
+        "test": "20% of train/, carved by a stable hash of the relative path"}
     assert json.loads((project.processed_dir("cards") / "labels.json").read_text()) == manifest["labels"]
 
     processed = project.processed_dir("cards")
-    got = {**read_back(processed, "train"), **read_back(processed, "validation")}
+    got = {**read_back(processed, "train"), **read_back(processed, "validation"), **read_back(processed, "test")}
     assert len(got) == 23 and all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im, _ in got.values())
     assert got["valid/blue/000.jpg"][1] == 0 and got["train/red/cmyk.jpg"][1] == 2
 
@@ -204,6 +211,91 @@ def test_hash_splits_use_relative_paths_so_moving_the_dataset_changes_nothing(tm
         maps.append(split_map(project, "pets"))
     assert maps[0] == maps[1] and len(maps[0]) == 18
     assert "cat/000.jpg" in maps[0]  # ids are relative to the dataset root, no checkout path in them
+
+
+def test_train_and_valid_without_test_get_a_test_split_carved_from_train_stably(tmp_path):
+    """The cards mirror's layout: train/ and valid/, no test/. valid/ stays the validation split (it picks
+    checkpoints); test is carved from train/ by the stable hash, the same wherever the data sits."""
+    maps, manifests = [], []
+    for where in ("a", "b/deeper"):
+        src = tmp_path / where / "cards copy"
+        class_tree(src, {"cat": 10, "dog": 10, "owl": 10}, prefix="train")
+        class_tree(src, {"cat": 2, "dog": 2, "owl": 2}, prefix="valid")
+        root = tmp_path / where / "proj"
+        write_params(root, {"pets": {"source": "../cards copy"}}, {"pets": small_prepare(testing_percentage=20)})
+        project = Project(root)
+        fetch(project, "pets")
+        manifests.append(prepare(project, "pets"))
+        maps.append(split_map(project, "pets"))
+    assert maps[0] == maps[1]  # path independent
+    assert [m["splits"] for m in manifests[:1]] == [manifests[1]["splits"]]  # shards' sha256 included
+    split_of = maps[0]
+    assert {sid for sid, split in split_of.items() if split == "validation"} == \
+        {f"valid/{c}/{i:03d}.jpg" for c in ("cat", "dog", "owl") for i in range(2)}
+    test = {sid for sid, split in split_of.items() if split == "test"}
+    assert test and all(sid.startswith("train/") for sid in test)
+    # exactly the train/ files whose hash falls below testing_percentage
+    assert test == {sid for sid in split_of if sid.startswith("train/")
+                    and percentage(image_folder.hash_key(sid)) < 20}
+    m = manifests[0]
+    assert m["splits"]["test"]["count"] == len(test) and m["splits"]["train"]["count"] == 30 - len(test)
+    assert m["split_origin"]["test"] == "20% of train/, carved by a stable hash of the relative path"
+    assert m["split_origin"]["validation"] == "the valid/ folder (the dataset's own)"
+
+
+def test_a_dataset_with_its_own_test_folder_keeps_it_and_carves_nothing(tmp_path):
+    src = tmp_path / "photos"
+    class_tree(src, {"cat": 5, "dog": 5}, prefix="train")
+    class_tree(src, {"cat": 2, "dog": 2}, prefix="valid")
+    class_tree(src, {"cat": 3, "dog": 3}, prefix="test")
+    root = tmp_path / "proj"
+    write_params(root, {"pets": {"source": str(src)}}, {"pets": small_prepare()})
+    project = Project(root)
+    fetch(project, "pets")
+    manifest = prepare(project, "pets")
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 10, "validation": 4, "test": 6}
+    assert {sid for sid, split in split_map(project, "pets").items() if split == "test"} == \
+        {f"test/{c}/{i:03d}.jpg" for c in ("cat", "dog") for i in range(3)}
+    assert manifest["split_origin"] == {"train": "train/", "validation": "the valid/ folder (the dataset's own)",
+                                        "test": "the test/ folder (the dataset's own)"}
+
+
+@pytest.mark.parametrize("layout, knob", [("train_valid", "testing_percentage=0"), ("one_each", "testing_percentage=20")])
+def test_a_dataset_left_without_a_test_split_is_an_error_naming_the_key(tmp_path, layout, knob):
+    """No silent fall-back to validation: the user is told which key makes a test split."""
+    src = tmp_path / "photos"
+    if layout == "train_valid":
+        class_tree(src, {"cat": 5, "dog": 5}, prefix="train")
+        class_tree(src, {"cat": 1, "dog": 1}, prefix="valid")
+        prep = small_prepare(testing_percentage=0)
+    else:  # a user's folder with very few images per class: nothing falls into test
+        class_tree(src, {"dog": 2, "owl": 2}, prefix="train")
+        class_tree(src, {"dog": 1, "owl": 1}, prefix="valid")
+        split_ids = [f"train/{c}/{i:03d}.jpg" for c in ("dog", "owl") for i in range(2)]
+        assert all(percentage(i) >= 20 for i in split_ids)  # the fixture's premise
+        prep = small_prepare(testing_percentage=20)
+    root = tmp_path / "proj"
+    write_params(root, {"pets": {"source": str(src)}}, {"pets": prep})
+    project = Project(root)
+    fetch(project, "pets")
+    with pytest.raises(ValueError, match=rf"the test split is empty .*{knob}\): add images \(a test/ folder, "
+                                         r"or more per class\) or raise prepare.pets.testing_percentage"):
+        prepare(project, "pets")
+    assert not project.processed_dir("pets").exists()
+
+
+def test_evaluation_refuses_a_manifest_without_a_test_split():
+    from tasks.evaluate.metrics import evaluation_split, split_origin
+
+    manifest = {"dataset": "pets", "splits": {"train": {"count": 5}, "validation": {"count": 2}}}
+    with pytest.raises(ValueError, match=r"m.json: dataset 'pets' has no test split.*rerun prepare@pets with "
+                                         r"prepare.pets.testing_percentage > 0"):
+        evaluation_split(manifest, "m.json")
+    assert evaluation_split({**manifest, "splits": {**manifest["splits"], "test": {"count": 1}}}) == "test"
+    # array datasets say how their test split was made in a note (their manifests are unchanged)
+    assert split_origin({"notes": ["test: 10% of official train by stable hash (no official test split)"]}, "test") \
+        == "10% of official train by stable hash (no official test split)"
+    assert split_origin({"notes": []}, "test") == "the source's own test split"
 
 
 def test_nohash_suffix_keeps_near_duplicates_together():
@@ -351,7 +443,8 @@ def test_cards_default_source_is_the_mirror_folder(tmp_path, monkeypatch):
     record = fetch(project, "cards")
     assert record["source"] == "$TLPIPE_MIRROR/cards/" and record["file_count"] == 8
     manifest = prepare(project, "cards")
-    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 6, "validation": 2}
+    # valid/ kept; test carved from the 6 train images by the stable hash (20 %: 4 of 6 fall below it here)
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 2, "validation": 2, "test": 4}
     assert any("no cards.csv" in n for n in manifest["notes"])
     shutil.rmtree(mirror / "cards")
     with pytest.raises(NotFound, match="has neither cards/ nor cards.zip"):
@@ -397,5 +490,6 @@ def test_exact_duplicates_are_listed_and_conflicting_labels_are_dropped(tmp_path
                             "train/owl/leak.jpg"}
     assert reasons["train/cat/001_copy.jpg"] == "duplicate: byte-identical to train/cat/001.jpg (kept)"
     assert "conflicting labels" in reasons["train/owl/dog_in_owl.jpg"]
-    assert manifest["splits"]["train"]["per_class"] == {"0": 4, "1": 3, "2": 4}
+    train, test = (manifest["splits"][s]["per_class"] for s in ("train", "test"))
+    assert {k: train[k] + test.get(k, 0) for k in train} == {"0": 4, "1": 3, "2": 4}  # test carved from train/
     assert manifest["splits"]["validation"]["count"] == 3

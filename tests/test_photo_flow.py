@@ -25,8 +25,9 @@ def tiny_weights(path):
 
 
 def photo_project(tmp_path, http_server):
-    photos = tmp_path / "photos"
-    class_tree(photos, {"red": 12, "green": 12, "blue": 12})
+    photos = tmp_path / "photos"  # the cards layout: train/ and valid/, no test/ (test is carved from train/)
+    class_tree(photos, {"red": 9, "green": 9, "blue": 9}, prefix="train")
+    class_tree(photos, {"red": 3, "green": 3, "blue": 3}, prefix="valid")
     archive = zip_tree(photos, tmp_path / "shapes.zip")
     weights_sha = tiny_weights(tmp_path / "tiny.weights.h5")
     http_server.add("shapes.zip", archive.read_bytes())
@@ -106,3 +107,16 @@ def test_photo_pipeline_flow_end_to_end(tmp_path, http_server, prefect_harness):
         (root / "models/shapes_ours/model_float32.tflite").stat().st_size
     assert (root / "models/shapes_ours/labels.txt").read_text().split() == ["blue", "green", "red"]
     assert "shapes_ours" in (root / "reports/README.md").read_text()
+    # scored on the test split carved from train/, which nothing picked; validation (valid/) only picked epochs
+    manifest = json.loads((root / "data/processed/shapes/manifest.json").read_text())
+    n_test = manifest["splits"]["test"]["count"]
+    assert n_test > 0 and manifest["splits"]["validation"]["count"] == 9
+    assert metrics["split"] == "test" and metrics["test_count"] == n_test
+    assert metrics["split_origin"] == "20% of train/, carved by a stable hash of the relative path"
+    assert json.loads((root / "models/shapes_ours/tflite.json").read_text())["split"] == "test"  # export's parity
+    assert metrics["blessing"]["reason"].startswith(f"accuracy {metrics['accuracy']:.4f} >=")  # the gate: test
+    page = (root / "reports/shapes_ours/README.md").read_text()
+    assert (f"**Scored on:** the test split ({n_test} examples: 20% of train/, carved by a stable hash of the "
+            "relative path). Validation (9 examples) only picked the checkpoint") in page
+    row = next(ln for ln in (root / "reports/README.md").read_text().splitlines() if ln.startswith("| shapes_ours |"))
+    assert row.split(" | ")[2] == "test"  # the index's side-by-side row says which split

@@ -65,11 +65,11 @@ def test_the_index_names_a_missing_page_and_skips_the_figure_when_unconfigured(t
 def test_a_params_table_lists_its_models_with_parameters_and_int8_numbers():
     from tasks.report.pages import model_table
 
-    rows = {"a": {"key": "a", "arch": "softmax", "params": 7850, "accuracy": 0.9259, "epochs_run": 10,
+    rows = {"a": {"key": "a", "arch": "softmax", "params": 7850, "split": "test", "accuracy": 0.9259, "epochs_run": 10,
                   "seconds": 59.4, "tflite": {"int8": {"accuracy": 0.9257, "agreement": 0.9957}}},
             "b": {"key": "b", "arch": "mlp", "params": None, "accuracy": None, "epochs_run": None,
                   "seconds": None, "tflite": {}}}
     lines = model_table({"heading": "Lecture baselines", "caption": "c", "models": ["b", "a"]}, rows)
     assert lines[0] == "## Lecture baselines"
-    assert lines[6] == "| [b](b/README.md) | mlp | – | – | – | – | – | – |"
-    assert lines[7] == "| [a](a/README.md) | softmax | 7,850 | 92.59 % | 92.57 % | 99.57 % | 10 | 59.4 |"
+    assert lines[6] == "| [b](b/README.md) | mlp | – | – | – | – | – | – | – |"
+    assert lines[7] == "| [a](a/README.md) | softmax | 7,850 | test | 92.59 % | 92.57 % | 99.57 % | 10 | 59.4 |"

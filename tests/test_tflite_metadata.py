@@ -38,7 +38,7 @@ def photo_export(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("meta")
     train, valid = photos(60, 0), photos(12, 1)
     attributes = {"red": {"warm": "yes"}, "green": {"warm": "no"}, "blue": {"warm": "no"}}
-    write_dataset(tmp / "data", {"train": train, "validation": valid}, NAMES,
+    write_dataset(tmp / "data", {"train": train, "validation": valid, "test": photos(12, 2)}, NAMES,
                   extra={"label_attributes": attributes})
     keras.utils.set_random_seed(0)
     inputs, x = front((SIZE, SIZE, 3), SIZE)

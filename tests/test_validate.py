@@ -28,10 +28,10 @@ def test_the_project_params_are_valid():
     ("prepare.mnist", "validation_percent", "validation_percentage"),
     ("evaluate", "top_kk", "top_k"),
     ("export", "latency_run", "latency_runs"),
-    ("features.cards_v2_035", "batchsize", "batch_size"),
+    ("features.cards_v2_100", "batchsize", "batch_size"),
     ("fetch.emnist_letters", "fromat", "format"),
     ("weights.mobilenet_v2_035_224", "sha265", "sha256"),
-    ("teach.cards_v2_100_to_v2_035", "temprature", "temperature"),
+    ("teach.cards_cut_v2_100_to_v2_035", "temprature", "temperature"),
 ])
 def test_an_unknown_key_fails_naming_it_and_the_nearest_valid_key(where, typo, hint):
     p = params()
@@ -74,10 +74,10 @@ def test_recipe_keys_follow_the_trainer():
         validate(with_recipe(params(), "m", {**digits, "arch": arch, "epochs": 2, "min_accuracy": 0.9}))
     with pytest.raises(ParamsError, match="models.m: unknown key `head_epochs`"):  # a photo key on a digits recipe
         validate(with_recipe(params(), "m", {**digits, "head_epochs": 3}))
-    photo = {"dataset": "cards", "init": "data/features/cards_v2_035", "trainer": "tasks/photo"}
+    photo = {"dataset": "cards", "init": "data/features/cards_v2_100", "trainer": "tasks/photo"}
     with pytest.raises(ParamsError, match="models.p: unknown key `freeze`"):  # and a digits key on a photo one
         validate(with_recipe(params(), "p", {**photo, "freeze": "conv"}))
-    student = {**photo, "init": "data/teach/cards_v2_100_to_v2_035", "distill_weight": 0.5}
+    student = {**photo, "init": "data/teach/cards_cut_v2_100_to_v2_035", "distill_weight": 0.5}
     validate(with_recipe(params(), "s", student))
     with pytest.raises(ParamsError, match="models.s: a recipe names its teacher through `init: data/teach/<t>`"):
         validate(with_recipe(params(), "s", {**student, "teacher": "models/cards_ours_v2_100/model.keras"}))
@@ -97,7 +97,7 @@ def test_every_recipe_lives_once_under_models_and_a_teach_entry_names_real_thing
                             ({"teacher": "models/nope/model.keras"}, "teach.t.teacher: expected models/<a recipe"),
                             ({"teacher": ""}, "teach.t: missing `teacher`")):
         p = params()
-        p["teach"]["t"] = {**p["teach"]["cards_v2_100_to_v2_035"], **change}
+        p["teach"]["t"] = {**p["teach"]["cards_cut_v2_100_to_v2_035"], **change}
         with pytest.raises(ParamsError, match=message):
             validate(p)
 
@@ -228,19 +228,19 @@ def test_a_value_outside_its_choices_names_them(path, value, choices):
     ("models.mnist_scratch.dataset", "nope", "no dataset `nope`: not a key of `datasets` (mnist, emnist_letters, "
                                              "cards) and no module tasks/sources/nope.py"),
     ("features.cards_v2_100.dataset", "nope", "no dataset `nope`"),
-    ("teach.cards_v2_100_to_v2_035.dataset", "nope", "no dataset `nope`"),
+    ("teach.cards_cut_v2_100_to_v2_035.dataset", "nope", "no dataset `nope`"),
     ("datasets.cards", "nope", "no module tasks/sources/nope.py"),
     ("models.mnist_transfer_conv.init", "models/nope/model.keras", "`models/nope/model.keras`: no recipe `nope`"),
     ("models.emnist_cnn.init", "models/emnist_cnn/model.keras", "is this recipe's own model"),
     ("models.cards_ours_v2_100.init", "data/features/nope", "no entry `nope` in `features` (cards_v2_100, "
-                                                            "cards_v2_035, cards_v2_100_cut13, cards_v2_035_cut6)"),
+                                                            "cards_v2_100_cut13, cards_v2_035_cut6)"),
     ("models.cards_study_v2_035.init", "data/weights/nope", "no entry `nope` in `weights`"),
     ("models.emnist_cnn.init", "tasks/cnn/nope.py", "`tasks/cnn/nope.py` is no file under tasks/"),
     ("models.emnist_cnn.init", "weights.h5", "expected tasks/<a file>, models/<another recipe>/model.keras, "
                                              "data/features/<a features key>"),
     ("features.cards_v2_100.weights", "nope", "no weights entry `nope` (mobilenet_v2_100_224, efficientnet_lite0_224, "
      "mobilenet_v2_035_224)"),
-    ("teach.cards_v2_100_to_v2_035.teacher", "models/cards_ours_v2_100/weights.h5", "expected models/<a recipe"),
+    ("teach.cards_cut_v2_100_to_v2_035.teacher", "models/cards_ours_v2_100/weights.h5", "expected models/<a recipe"),
     ("evaluate.min_accuracy", {"default": 0.5, "nope": 0.9}, "evaluate.min_accuracy.nope: `nope` is neither "
                                                              "`default` nor a recipe of `models`"),
 ])

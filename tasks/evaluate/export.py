@@ -178,7 +178,7 @@ def parity(tflite_path: Path, images: np.ndarray, labels: np.ndarray, keras_pred
 def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *,
            metrics_path: Path | None = None, metrics_out: Path | None = None,
            current_dir: Path | None = None, info: dict | None = None) -> dict:
-    """Convert, check parity on the whole evaluation split (test, else validation), write evaluate's metrics (`metrics_path`) plus
+    """Convert, check parity on the whole test split, write evaluate's metrics (`metrics_path`) plus
     `tflite` to `metrics_out` (default: back into `metrics_path`; a separate file keeps each DVC output
     owned by one stage), and copy the exported files and metrics to `current_dir` if blessed.
 
@@ -217,7 +217,7 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
                  for kind, path in files.items()}
     del train_x
 
-    split = evaluation_split(manifest)
+    split = evaluation_split(manifest, Path(processed_dir) / "manifest.json")
     images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
     keras_pred = model.predict(images, batch_size=512, verbose=0).argmax(axis=1)
     scores = {kind: run_tflite(path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))

@@ -134,11 +134,26 @@ def plot_examples(images, true, pred, names, path: Path, title: str = "misclassi
     plt.close(fig)
 
 
-def evaluation_split(manifest: dict) -> str:
-    """The split models are judged on: test, or validation where the dataset has no test split
-    (e.g. the cards mirror here, which holds train and valid only)."""
+def evaluation_split(manifest: dict, where: str | Path = "manifest.json") -> str:
+    """The split models are scored on: always test, which nothing picks a checkpoint or stops on. A
+    dataset prepared without one is an error naming the fix, never a silent fall-back to validation."""
     splits = manifest.get("splits") or {}
-    return "test" if splits.get("test", {}).get("count") else "validation"
+    if not splits.get("test", {}).get("count"):
+        key = manifest.get("dataset", "<key>")
+        raise ValueError(f"{where}: dataset {key!r} has no test split, and models are scored on test only "
+                         f"(validation picks their checkpoints); rerun prepare@{key} with "
+                         f"prepare.{key}.testing_percentage > 0 or add a test/ folder to the data")
+    return "test"
+
+
+def split_origin(manifest: dict, split: str) -> str:
+    """How `split` was made, in words: the photo manifest's `split_origin`, else (array datasets) the
+    manifest note that starts with the split's name, else the source's own split."""
+    origin = (manifest.get("split_origin") or {}).get(split)
+    if origin:
+        return origin
+    note = next((n for n in manifest.get("notes") or [] if n.startswith(f"{split}: ")), None)
+    return note[len(split) + 2:] if note else f"the source's own {split} split"
 
 
 def attribute_accuracy(y_true, y_pred, names: list[str], attributes: dict) -> dict:
@@ -179,8 +194,8 @@ def load_arrays(processed_dir: Path, split: str = "test", limit: int | None = No
 
 def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
              *, baseline_path: Path | None = None, metrics_file: str = "metrics.json", verdict: bool = True) -> dict:
-    """Evaluate `model_path` on the test split of `processed_dir` (validation where there is no test
-    split; `split` in the metrics says which); write reports into `out_dir`.
+    """Evaluate `model_path` on the test split of `processed_dir` (`split` and `split_origin` in the
+    metrics say which and how it was made; a dataset without one is an error); write reports into `out_dir`.
 
     `params` is the `evaluate` section of params.yaml (top_k, min_accuracy, max_regression, ...), with
     the model's own threshold already resolved (see `tasks.stages.models.gate`).
@@ -197,7 +212,7 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     from tasks.records.shards import load_manifest
 
     manifest = load_manifest(processed_dir)
-    split = evaluation_split(manifest)
+    split = evaluation_split(manifest, Path(processed_dir) / "manifest.json")
     images, y_true, names, ids = load_arrays(processed_dir, split, with_ids=True)
     model = keras.models.load_model(model_path)
     probs = model.predict(images, batch_size=int(cfg["batch_size"]), verbose=0)
@@ -213,6 +228,8 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
         "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
         "test_count": int(len(y_true)),
         "split": split,
+        "split_origin": split_origin(manifest, split),
+        "validation_count": int((manifest["splits"].get("validation") or {}).get("count", 0)),
     }
     by_attribute = attribute_accuracy(y_true, y_pred, names, manifest.get("label_attributes") or {})
     metrics.update({f"{attr}_accuracy": v["accuracy"] for attr, v in by_attribute.items()})

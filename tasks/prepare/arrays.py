@@ -28,11 +28,11 @@ def prepare_arrays(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
     loaded = module.load(raw_dir, readers())
     splits, notes = assign_splits(loaded, float(s["validation_percentage"]), float(s["testing_percentage"]))
     fetched = fetch_record(raw_dir)
-    if "validation" not in splits:
-        raise ValueError(f"{raw_dir}: the validation split is empty (splits: "
-                         f"{ {k: len(v[1]) for k, v in splits.items()} }; validation_percentage="
-                         f"{s['validation_percentage']}): training needs one; raise "
-                         f"prepare.{key}.validation_percentage")
+    for split, knob in (("validation", "validation_percentage"), ("test", "testing_percentage")):
+        if split not in splits:  # training picks epochs on validation; every model is scored on test
+            raise ValueError(f"{raw_dir}: the {split} split is empty (splits: "
+                             f"{ {k: len(v[1]) for k, v in splits.items()} }; {knob}={s[knob]}): "
+                             f"raise prepare.{key}.{knob}")
     extra = {
         "dataset": key,
         "skipped": fetched.get("skipped", []),

@@ -1,8 +1,8 @@
 """prepare@<key> for image-folder datasets: data/raw/<key>/ -> JPEG TFRecord shards + manifest.
 
 Layout: `root/<class>/**/<image>` (hash splits), or `root/train|valid|validation|test/<class>/...`
-(the dataset's own splits kept; `valid` is called `validation`; a missing validation split is
-carved from train by hash). Class names are folder names, sorted, ids 0..K-1.
+(the dataset's own splits kept; `valid` is called `validation`; a missing validation or test split is
+carved from train by hash, so nothing that picks a checkpoint is ever scored). Class names are folder names, sorted, ids 0..K-1.
 
 Split hashing uses the path RELATIVE to the dataset root (retrain.py's `_nohash_` rule: the part
 of a file name from `_nohash_` on is ignored, so near-duplicates stay together), so splits never
@@ -101,9 +101,10 @@ def prepare_images(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
         classes, class_skips = choose_classes(items, s["min_images_per_class"], root)
         kept = [i for i in items if i.offset >= 0 and i.class_name in classes]
         stats = image_stats(kept)
-        splits, split_notes = assign_splits(kept, own_splits, s["validation_percentage"], s["testing_percentage"])
+        splits, split_notes, origin = assign_splits(kept, own_splits, s["validation_percentage"],
+                                                    s["testing_percentage"])
         check_train_covers(splits, classes, root)
-        check_validation(splits, root, s["validation_percentage"])
+        check_evaluation_splits(splits, root, key, s)
         label = {name: k for k, name in enumerate(classes)}
         shape = (s["image_size"], s["image_size"], 3)
         entries = write_splits(tmp, spool, splits, label, classes, shape, s["shard_mb"], s["min_shards"])
@@ -123,6 +124,7 @@ def prepare_images(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
             "classes_skipped": class_skips,
             "duplicates": duplicates,
             "images": stats,
+            "split_origin": {split: origin[split] for split in splits},
             **({"label_attributes": {c: attributes[c] for c in classes}} if attributes else {}),
             "source": {k: fetched.get(k) for k in ("kind", "format", "via", "source", "files", "file_count")},
             "params": {k: s[k] for k in sorted(s)},
@@ -365,31 +367,47 @@ def hash_key(rel: str) -> str:
 
 
 def assign_splits(items: list[Item], own_splits: bool, validation_percentage: float,
-                  testing_percentage: float) -> tuple[dict[str, list[Item]], list[str]]:
-    """{split: items in their stored order}: own splits kept, the rest carved by hash of the relative path."""
-    has_validation = any(i.split == "validation" for i in items)
+                  testing_percentage: float) -> tuple[dict[str, list[Item]], list[str], dict[str, str]]:
+    """({split: items in their stored order}, notes, {split: how it was made}).
+
+    Own split folders are kept; a split the dataset has no folder for (validation, test) is carved from
+    train/ by a stable hash of the relative path, so every dataset gets a test split that nothing is
+    selected on: validation picks checkpoints and stops training, test scores. Without own folders all
+    three are carved from the whole tree."""
+    has = {s: any(i.split == s for i in items) for s in ("validation", "test")}
     if own_splits:
-        to_carve = [i for i in items if i.split == "train"] if not has_validation else []
-        carved = carve([hash_key(i.rel) for i in to_carve], validation_percentage, 0.0)
+        val_pct = 0.0 if has["validation"] else validation_percentage
+        test_pct = 0.0 if has["test"] else testing_percentage
+        to_carve = [i for i in items if i.split == "train"] if val_pct or test_pct else []
+        carved = carve([hash_key(i.rel) for i in to_carve], val_pct, test_pct)
         names = {id(i): str(n) for i, n in zip(to_carve, carved)}
         split_of = {id(i): names.get(id(i), i.split) for i in items}
-        notes = [] if has_validation else [
-            f"validation: {validation_percentage:g}% of train/ by a stable hash of the relative path"]
-        if not any(i.split == "test" for i in items):
-            notes.append("no test/ split in this copy of the dataset (testing_percentage is not used): "
-                         "evaluation falls back to the validation split")
+        folder = {"train": "train/", "validation": "the valid/ folder", "test": "the test/ folder"}
+        origin = {"train": "train/" + (" less the splits carved from it" if val_pct or test_pct else "")}
+        notes = []
+        for split, pct in (("validation", val_pct), ("test", test_pct)):
+            if has[split]:
+                origin[split] = f"{folder[split]} (the dataset's own)"
+            else:
+                origin[split] = f"{pct:g}% of train/, carved by a stable hash of the relative path"
+                notes.append(f"{split}: {origin[split]} (the dataset has no {split} folder)")
     else:
         carved = carve([hash_key(i.rel) for i in items], validation_percentage, testing_percentage)
         split_of = {id(i): str(n) for i, n in zip(items, carved)}
         notes = [f"splits by a stable hash of the path relative to the dataset root: validation "
                  f"{validation_percentage:g}%, test {testing_percentage:g}%"]
+        origin = {"train": "the rest of the class folders",
+                  "validation": f"{validation_percentage:g}% of the class folders by a stable hash of the relative path",
+                  "test": f"{testing_percentage:g}% of the class folders by a stable hash of the relative path"}
+    notes.append("validation only picks checkpoints and stops training early; the test split, which nothing "
+                 "is selected on, scores every model")
     out = {}
     for split in SPLITS:
         members = [i for i in items if split_of[id(i)] == split]
         if members:
             order = shuffle_order([i.rel for i in members])
             out[split] = [members[k] for k in order]
-    return out, notes
+    return out, notes, origin
 
 
 def check_train_covers(splits: dict[str, list[Item]], classes: list[str], root: Path) -> None:
@@ -402,14 +420,15 @@ def check_train_covers(splits: dict[str, list[Item]], classes: list[str], root: 
                          f"(found only in {where}); add train images or remove those folders")
 
 
-def check_validation(splits: dict[str, list[Item]], root: Path, validation_percentage: float) -> None:
-    """Training picks its best epoch on the validation split: refuse a dataset without one here, not
-    after the shards are written and a training has started."""
-    if not splits.get("validation"):
-        counts = {s: len(m) for s, m in splits.items()}
-        raise ValueError(f"{root}: the validation split is empty (usable images per split: {counts}; "
-                         f"validation_percentage={validation_percentage:g}): add images (a valid/ folder, or "
-                         f"more per class) or raise prepare.<key>.validation_percentage")
+def check_evaluation_splits(splits: dict[str, list[Item]], root: Path, key: str, s: dict) -> None:
+    """Training picks its best epoch on validation and every model is scored on test: refuse a dataset
+    without either here, not after the shards are written and a training has started."""
+    counts = {name: len(m) for name, m in splits.items()}
+    for split, knob, folder in (("validation", "validation_percentage", "valid/"), ("test", "testing_percentage", "test/")):
+        if not splits.get(split):
+            raise ValueError(f"{root}: the {split} split is empty (usable images per split: {counts}; "
+                             f"prepare.{key}.{knob}={s[knob]:g}): add images (a {folder} folder, or more per "
+                             f"class) or raise prepare.{key}.{knob}")
 
 
 # ---------------------------------------------------------------- writing

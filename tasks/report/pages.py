@@ -38,7 +38,8 @@ def architecture(recipe: dict) -> str:
 def side_by_side(rows: list[dict]) -> list[str]:
     """Markdown: per dataset, every recipe's accuracy, train time, model size and latency."""
     lines = ["## Recipes side by side", "",
-             "Accuracy on the evaluation split (test, or validation where the dataset has none), "
+             "Accuracy on each dataset's test split (nothing picks a checkpoint on it; a `validation` row "
+             "comes from before every dataset had one and is optimistic), "
              "training time on the machine that trained it, TFLite sizes and single-image latency.", ""]
     for dataset in sorted({r["dataset"] for r in rows}):
         lines += [f"### {dataset}", "",
@@ -97,6 +98,21 @@ def plot_transfer(histories: dict, path: Path, title: str = "", dashed=()) -> No
     plt.close(fig)
 
 
+def scored_on(metrics: dict) -> str:
+    """The sentence that says which split the page's numbers come from and how that split was made."""
+    split = metrics.get("split")
+    if not split:
+        return "**Scored on:** not evaluated yet."
+    line = f"**Scored on:** the {split} split ({metrics.get('test_count', '?')} examples"
+    line += f": {metrics['split_origin']})." if metrics.get("split_origin") else ")."
+    if split == "test":
+        line += (f" Validation ({metrics.get('validation_count', '?')} examples) only picked the checkpoint and "
+                 "stopped training early; nothing was selected on the test split.")
+    else:
+        line += " This split also picked the checkpoint, so the number is optimistic (made before test splits)."
+    return line
+
+
 def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
     recipe = train.get("recipe", {})
     lines = [f"# {key}", "",
@@ -104,8 +120,10 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
              + (f", transferred from `{recipe['transfer_from']}` (frozen: {recipe.get('freeze')})"
                 if recipe.get("transfer_from") else "")
              + f"; {train.get('epochs_run', '?')} epochs, {train.get('fit_seconds', '?')} s.", "",
-             "| metric | value |", "|---|---|"]
+             scored_on(metrics), "", "| metric | value |", "|---|---|"]
     for name, value in metrics.items():
+        if name in ("split_origin", "validation_count"):
+            continue
         if isinstance(value, float):
             lines.append(f"| {name} | {value:.4f} |")
         elif isinstance(value, (int, bool, str)):
@@ -186,7 +204,7 @@ def _row(r: dict) -> str:
     return (f"| [{r['key']}]({r['key']}/README.md) | {r['dataset']} | {r['arch']} | "
             f"{r['transfer_from'] or '–'} / {r['freeze'] or '–'} | "
             f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | {_pct(r['best_val_accuracy'])} | "
-            f"{_pct(r['accuracy'])} | {_pct(f32.get('accuracy'))} | {_pct(i8.get('accuracy'))} | "
+            f"{r.get('split', '–')} | {_pct(r['accuracy'])} | {_pct(f32.get('accuracy'))} | {_pct(i8.get('accuracy'))} | "
             f"{i8.get('bytes', '–')} | {'yes' if r['blessed'] else 'no'} |")
 
 
@@ -194,13 +212,13 @@ def model_table(table: dict, rows: dict) -> list[str]:
     """Markdown of a params `report.tables` entry ({heading, caption, models}): parameters, evaluation
     accuracy, int8 accuracy and agreement with float32, train time, one row per listed model."""
     lines = [f"## {table.get('heading', 'Models')}", "", table.get("caption", ""), "",
-             "| model | arch | parameters | eval acc (Keras) | int8 TFLite acc | int8 agreement | epochs | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | arch | parameters | scored on | accuracy (Keras) | int8 TFLite acc | int8 agreement | epochs | "
+             "train s |", "|---|---|---|---|---|---|---|---|---|"]
     for key in table.get("models") or []:
         r = rows[key]
         i8 = r["tflite"].get("int8", {})
         params = f"{r['params']:,}" if r.get("params") is not None else "–"
-        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {_pct(r['accuracy'])} | "
+        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {r.get('split', '–')} | {_pct(r['accuracy'])} | "
                      f"{_pct(i8.get('accuracy'))} | {_pct(i8.get('agreement'))} | "
                      f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | "
                      f"{r['seconds'] if r['seconds'] is not None else '–'} |")
@@ -221,9 +239,9 @@ def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = 
                                     f"(`tlpipe report {key}`) first")
         rows.append(json.loads(path.read_text()))
     lines = ["# Model reports", "",
-             "| model | dataset | arch | transfer from / frozen | epochs | best val acc | eval acc (Keras) | "
+             "| model | dataset | arch | transfer from / frozen | epochs | best val acc | scored on | accuracy (Keras) | "
              "float32 TFLite acc | int8 TFLite acc | int8 bytes | blessed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|", *map(_row, rows), "", *side_by_side(rows)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|", *map(_row, rows), "", *side_by_side(rows)]
     figure = config.get("transfer") or {}
     curves = {r["key"]: r["val_accuracy"] for r in rows}
     compared = {k: curves[k] for k in figure.get("models") or [] if curves.get(k)}
