@@ -3,6 +3,7 @@
     tlpipe fetch KEY          download/mirror a dataset into data/raw/KEY (photo datasets: a folder,
                               zip/tar, URL or kaggle:<owner>/<dataset>, params.yaml fetch.KEY.source)
     tlpipe prepare KEY        build data/processed/KEY (shards + manifest)
+    tlpipe check KEY          duplicates, leaks, label issues, outliers -> reports/data/KEY (exit 1 on a failed verdict)
     tlpipe fetch-weights KEY  pretrained weights (params.yaml `weights.KEY`) into data/weights/KEY
     tlpipe features KEY       bottleneck cache (params.yaml `features.KEY`) into data/features/KEY
     tlpipe teach KEY          a teacher's targets for distillation (params.yaml `teach.KEY`) into data/teach/KEY
@@ -42,8 +43,8 @@ from tasks.stages.project import find_project
 
 
 EXPECTED = (OSError, ValueError, KeyError, RuntimeError)  # bad input, failed download, locked output
-STAGES = ("fetch", "prepare", "fetch-weights", "features", "teach", "train", "evaluate", "export", "report")
-NEEDS_TF = ("prepare", "features", "teach", "train", "evaluate", "export", "predict")
+STAGES = ("fetch", "prepare", "check", "fetch-weights", "features", "teach", "train", "evaluate", "export", "report")
+NEEDS_TF = ("prepare", "check", "features", "teach", "train", "evaluate", "export", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +147,14 @@ def _prepare(args):
     manifest = prepare_stage(find_project(), args.key)
     return {"dataset": args.key, "splits": {s: v["count"] for s, v in manifest["splits"].items()},
             "skipped": manifest["skipped"]}
+
+
+def _check(args):
+    from tasks.stages.data import check_stage
+
+    summary = check_stage(find_project(), args.key)
+    return {"dataset": args.key, "verdict": summary["verdict"], **summary["counts"],
+            "leaks": sum(summary["leaks"].values()), "page": f"reports/data/{args.key}/README.md"}
 
 
 def _fetch_weights(args):
@@ -271,6 +280,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("key", help="dataset key from params.yaml (e.g. mnist, emnist_letters, cards, banknotes, "
                                    "or any key with fetch.<key>.kind: folder)")
         p.set_defaults(run=run)
+    p = sub.add_parser("check", help="check a prepared dataset: duplicates, leaks, label issues, outliers")
+    p.add_argument("key", help="dataset key with an entry in params.yaml `check` (e.g. cards, mnist)")
+    p.set_defaults(run=_check)
     p = sub.add_parser("fetch-weights", help="fetch pinned pretrained weights")
     p.add_argument("key", help="weights key from params.yaml `weights` (e.g. mobilenet_v2_035_224)")
     p.set_defaults(run=_fetch_weights)

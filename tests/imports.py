@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # What each `tlpipe` subcommand runs: its entry units ({module}: the dataset's source module from params
 # `datasets`; {trainer}, {init}: the recipe's).
 STAGE_ENTRY = {"fetch": ["tasks/fetch", "tasks/sources/{module}.py"],
-               "prepare": ["tasks/prepare", "tasks/sources/{module}.py"],
+               "prepare": ["tasks/prepare", "tasks/sources/{module}.py"], "check": ["tasks/check"],
                "fetch-weights": ["tasks/fetch"], "features": ["tasks/photo"], "teach": ["tasks/photo"],
                "train": ["{trainer}", "{init}"], "evaluate": ["tasks/evaluate"], "export": ["tasks/evaluate"],
                "report": ["tasks/report"]}

@@ -90,3 +90,44 @@ def small_prepare(**overrides) -> dict:
          "max_pixels": 10_000, "shard_mb": 1, "min_shards": 1, "jpeg_quality": 95}
     p.update(overrides)
     return p
+
+
+SHAPES = {"red": "ellipse", "green": "rectangle", "blue": "polygon"}
+
+
+def shape_image(name: str, seed: int, size: int = 64) -> Image.Image:
+    """A photo-like fixture image: a class's shape and colour (red ellipses, green rectangles, blue triangles)
+    at a random place and size, on a random two-tone background with noise, so that no two images look
+    alike but a class's images share what an ImageNet backbone sees."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(60, 200, 3)
+    a = np.empty((size, size, 3), np.int16)
+    a[:] = bg
+    a[: rng.integers(size // 4, 3 * size // 4)] = rng.integers(60, 200, 3)
+    a += rng.integers(-12, 13, a.shape, dtype=np.int16)
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(im)
+    colour = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220)}[name]
+    w = int(rng.integers(size // 3, size * 3 // 4))
+    x0, y0 = (int(v) for v in rng.integers(0, size - w, 2))
+    box = (x0, y0, x0 + w, y0 + w)
+    if SHAPES[name] == "ellipse":
+        draw.ellipse(box, fill=colour)
+    elif SHAPES[name] == "rectangle":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(x0, y0 + w), (x0 + w // 2, y0), (x0 + w, y0 + w)], fill=colour)
+    return im
+
+
+def shape_tree(root: Path, counts: dict[str, int], prefix: str = "", size: int = 64, seed: int = 0) -> list[Path]:
+    """root/<prefix>/<class>/<i>.jpg of shape_image()s (each split prefix its own seeds)."""
+    out = []
+    for k, (name, n) in enumerate(sorted(counts.items())):
+        for i in range(n):
+            offset = 100_000 * {"": 0, "train": 1, "valid": 2, "validation": 2, "test": 3}.get(prefix, 4)
+            image = shape_image(name, seed + 1000 * k + i + offset, size)
+            out.append(write(root / prefix / name / f"{i:03d}.jpg", jpeg(image)))
+    return out

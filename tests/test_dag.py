@@ -11,7 +11,8 @@ import yaml
 from dvcproject import REPO, dvc_env, dvc_status, init_dvc_project, sh
 from project import serve_dir, write_mirror, write_params
 
-DATA_STAGES = {"fetch@mnist", "fetch@emnist_letters", "prepare@mnist", "prepare@emnist_letters"}
+DATA_STAGES = {"fetch@mnist", "fetch@emnist_letters", "prepare@mnist", "prepare@emnist_letters", "check@mnist",
+               "check@emnist_letters"}
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_prefect_run_builds_the_data_stages_and_agrees_with_dvc(dvc_project, htt
     stale = set(dvc_status(dvc_project, "fetch", "prepare"))
     assert stale == {"prepare@mnist"}
     third = pipeline(root=str(dvc_project))
-    assert set(third["ran"]) == stale and third["restored"] == []
+    assert set(third["ran"]) == stale | {"check@mnist"} and third["restored"] == []  # the check follows its data
     assert dvc_status(dvc_project, "fetch", "prepare") == {}
     assert third["datasets"]["mnist"]["validation"] > first["datasets"]["mnist"]["validation"]
 
@@ -90,7 +91,8 @@ def test_prefect_run_builds_the_data_stages_and_agrees_with_dvc(dvc_project, htt
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(dvc_status(dvc_project, "fetch", "prepare")) == {"prepare@mnist"}
     fourth = pipeline(root=str(dvc_project))
-    assert fourth["restored"] == ["prepare@mnist"] and fourth["ran"] == []
+    # check@ reruns: its outputs are git-tracked reports (cache: false), which DVC's run cache does not keep
+    assert fourth["restored"] == ["prepare@mnist"] and fourth["ran"] == ["check@mnist"], fourth
     assert fourth["datasets"]["mnist"] == first["datasets"]["mnist"]
     assert dvc_status(dvc_project, "fetch", "prepare") == {}
 
@@ -109,14 +111,14 @@ def test_network_stages_are_retried_and_a_failed_stage_is_not_recorded(dvc_proje
     http_server.add("mnist/t10k-labels-idx1-ubyte.gz",
                     (dvc_project.parent / "mirror/mnist/t10k-labels-idx1-ubyte.gz").read_bytes(), fail_times=3)
     result = flow_module.pipeline(datasets=["mnist"], root=str(dvc_project))
-    assert set(result["ran"]) == {"fetch@mnist", "prepare@mnist"}
+    assert set(result["ran"]) == {"fetch@mnist", "prepare@mnist", "check@mnist"}
     assert sum(r.path.endswith("t10k-labels-idx1-ubyte.gz") and r.status == 500 for r in http_server.requests) == 3
 
     # A stage that keeps failing fails the flow, naming it; it and its downstream stay unrecorded.
     http_server.add("emnist/gzip/emnist-letters-train-labels-idx1-ubyte.gz", b"x", status=404)
     with pytest.raises(RuntimeError, match="fetch@emnist_letters"):
         flow_module.pipeline(datasets=["emnist_letters"], root=str(dvc_project))
-    assert lock_stages(dvc_project) == {"fetch@mnist", "prepare@mnist"}
+    assert lock_stages(dvc_project) == {"fetch@mnist", "prepare@mnist", "check@mnist"}
     assert not (dvc_project / "data/processed/emnist_letters").exists()
 
 

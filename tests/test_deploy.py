@@ -116,8 +116,8 @@ def deployed_project(tmp_path, http_server):
     write_params(repo, mirror=base, pins=pins, datasets=("mnist",))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     model_line = yaml.safe_load((REPO / "params.yaml").read_text())  # dvc.yaml's other stages must parse
-    params.update({k: model_line[k] for k in ("weights", "features", "teach", "models", "evaluate", "export",
-                                              "report")})
+    params.update({k: model_line[k] for k in ("check", "weights", "features", "teach", "models", "evaluate",
+                                              "export", "report")})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 

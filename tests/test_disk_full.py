@@ -56,7 +56,7 @@ def project(tmp_path_factory):
     root = tmp / "proj"
     write_params(root, mirror=str(tmp / "mirror"), pins=pins, datasets=("mnist",))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params.update({"models": {KEY: RECIPE},
+    params.update({"models": {KEY: RECIPE}, "check": {"mnist": {}},
                    "evaluate": {"top_k": 3, "max_regression": 1.0, "grid": 4, "most_confused": 3},
                    "export": {"representative_samples": 16, "latency_runs": 1, "batch_size": 32}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -90,6 +90,7 @@ def fixture_params_text(mirror: Path, pins: dict, scratch: Path) -> str:
     data["datasets"] = {"mnist": data["datasets"]["mnist"]}
     data["fetch"] = {"mnist": small["fetch"]["mnist"]}
     data["prepare"] = {"mnist": small["prepare"]["mnist"]}
+    data["check"] = {"mnist": {}}
     report = data.get("report") or {}
     if "transfer" in report:
         report["transfer"]["models"], report["transfer"]["dashed"] = ["a", "b"], []

@@ -19,6 +19,7 @@ def tiny_project(tmp_path):
     write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update({
+        "check": {"mnist": {}},
         "models": {
             "mnist_scratch": {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn", **SMALL,
                               "min_accuracy": 0.0},

@@ -63,7 +63,8 @@ def project(tmp_path):
     """The fixture project (also a checkout a process worker can run: flows/ is there too)."""
     root = tmp_path / "proj"
     params = mnist_mirror_params(tmp_path, root)
-    params.update({"models": {"tiny": RECIPE}, "weights": {}, "features": {}, "teach": {}, "report": {}})
+    params.update({"models": {"tiny": RECIPE}, "check": {"mnist": {}}, "weights": {}, "features": {}, "teach": {},
+                   "report": {}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_dvc_project(root)
     fit = root / "tasks" / "fit" / "__init__.py"

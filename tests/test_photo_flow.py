@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dvcproject import REPO, dvc_status, init_dvc_project
-from photos import class_tree, small_prepare, zip_tree
+from photos import shape_tree, small_prepare, zip_tree
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +26,8 @@ def tiny_weights(path):
 
 def photo_project(tmp_path, http_server):
     photos = tmp_path / "photos"  # the cards layout: train/ and valid/, no test/ (test is carved from train/)
-    class_tree(photos, {"red": 9, "green": 9, "blue": 9}, prefix="train")
-    class_tree(photos, {"red": 3, "green": 3, "blue": 3}, prefix="valid")
+    shape_tree(photos, {"red": 9, "green": 9, "blue": 9}, prefix="train", size=32)
+    shape_tree(photos, {"red": 3, "green": 3, "blue": 3}, prefix="valid", size=32)
     archive = zip_tree(photos, tmp_path / "shapes.zip")
     weights_sha = tiny_weights(tmp_path / "tiny.weights.h5")
     http_server.add("shapes.zip", archive.read_bytes())
@@ -51,7 +51,7 @@ def photo_project(tmp_path, http_server):
         "export": {"representative_samples": 8, "representative_pool": 2, "latency_runs": 3, "num_threads": 1,
                    "batch_size": 16, "seed": 0},
     }
-    params.update({"teach": {}, "report": {}})
+    params.update({"check": {"shapes": {"image_size": 32}}, "teach": {}, "report": {}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_dvc_project(root, keep_params=True)  # the repository's dvc.yaml: it grows from params alone
     return root
@@ -91,7 +91,7 @@ def test_photo_pipeline_flow_end_to_end(tmp_path, http_server, prefect_harness):
     summary = result["datasets"]
 
     assert sum(summary["shapes"].values()) == 36
-    assert {"fetch@shapes", "prepare@shapes", "fetch_weights@tiny", "features@shapes_tiny", "train@shapes_ours",
+    assert {"fetch@shapes", "prepare@shapes", "check@shapes", "fetch_weights@tiny", "features@shapes_tiny", "train@shapes_ours",
             "evaluate@shapes_ours", "export@shapes_ours", "report"} <= set(result["ran"])
     assert dvc_status(root) == {}  # the whole DAG, models included, recorded in dvc.lock
     cache = json.loads((root / "data/features/shapes_tiny/features.json").read_text())

@@ -31,7 +31,7 @@ def test_a_tiny_run_prints_its_stages_and_epochs_and_no_library_noise(tmp_path, 
     write_params(repo, pins=pins, datasets=("mnist",))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params.update({
-        "weights": {}, "features": {}, "teach": {}, "report": {},
+        "check": {"mnist": {}}, "weights": {}, "features": {}, "teach": {}, "report": {},
         "models": {"tiny": {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn",
                             "arch": "softmax", "epochs": 2, "batch_size": 16, "seed": 1, "patience": 2,
                             "min_accuracy": 0.0}},

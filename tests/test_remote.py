@@ -40,7 +40,7 @@ def test_push_then_a_fresh_clone_pulls_everything_and_nothing_reruns(tmp_path, h
         "models": {"tiny": {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn",
                             "arch": "softmax", "epochs": 1, "batch_size": 16, "seed": 1, "patience": 1,
                             "min_accuracy": 0.0}},
-        "teach": {}, "report": {},
+        "check": {"mnist": {}}, "teach": {}, "report": {},
         "evaluate": {"top_k": 3, "max_regression": 1.0, "grid": 4, "most_confused": 3},
         "export": {"representative_samples": 16, "latency_runs": 1, "batch_size": 32},
     })

@@ -29,7 +29,7 @@ def fake_model(root, key, dataset, acc, init="tasks/cnn/models.py"):
 def project(tmp_path, keys, transfer_models):
     recipes = {k: {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/cnn", "min_accuracy": 0.5}
                for k in keys}
-    params = {"models": recipes, "teach": {},
+    params = {"models": recipes, "check": {"mnist": {}}, "teach": {},
               "report": {"transfer": {"models": transfer_models, "dashed": [], "title": "t", "caption": "c"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for i, k in enumerate(keys):

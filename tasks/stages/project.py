@@ -32,6 +32,10 @@ class Project:
     def weights_dir(self, key: str) -> Path:
         return self.root / "data" / "weights" / key
 
+    def check_dir(self, key: str) -> Path:
+        """reports/data/<key>/: check@<key>'s page, table and verdict (summary.json)."""
+        return self.root / "reports" / "data" / key
+
     def params(self) -> dict:
         """params.yaml, validated (tasks/stages/validate.py): an unknown or missing key fails here, before any work."""
         from tasks.stages.validate import validate

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 TASKS = Path(__file__).resolve().parents[1]
-TOP = ("mirror", "runtime", "datasets", "download", "fetch", "prepare", "weights", "features", "teach", "models",
+TOP = ("mirror", "runtime", "datasets", "download", "fetch", "prepare", "check", "weights", "features", "teach", "models",
        "evaluate", "export", "report")
 RUNTIME = ("workers", "dask")
 DOWNLOAD = ("retries", "backoff_s", "timeout_s")
@@ -437,6 +437,14 @@ VALUES: dict[str, Spec] = {
     "validation_percentage": PERCENT, "testing_percentage": PERCENT, "shard_mb": POSITIVE, "min_shards": SIZE,
     "image_size": Int(8, 4096), "min_images_per_class": SIZE, "max_pixels": SIZE, "jpeg_quality": Int(1, 100),
     "resize": Choice(("prepare/images.py", "RESIZE")),
+    "drop": Seq(Str(what="a source_id"), null_ok=True),
+    "relabel": OpenMap(Str(what="a class name"), Str(what="a source_id"), "a mapping source_id -> class name",
+                       null_ok=True),
+    # check (image_size, batch_size, seed: as elsewhere)
+    "phash_max": Int(0, 64), "cosine_min": FRACTION, "pixel_max": POSITIVE, "pixel_diff_max": FRACTION,
+    "pca_dims": SIZE, "neighbours": SIZE, "folds": Int(2), "outlier_z": POSITIVE, "min_side": Int(1, null_ok=True),
+    "max_aspect": Num(1), "fail_on_label_conflicts": Bool(), "fail_on_leaks": Bool(), "max_label_issues": FRACTION,
+    "max_outliers": FRACTION, "notes": Str(null_ok=True),
     # weights
     "alpha": POSITIVE, "url": Str(null_ok=True), "allow_unpinned": Bool(null_ok=True), "file": Str(null_ok=True),
     "file_sha256": HEX, "package": Str(null_ok=True), "package_file": Str(null_ok=True),
@@ -650,6 +658,13 @@ def validate(params: dict) -> dict:
         # tasks/prepare/photos.py settings() reads a null as the default; the arrays' prepare does not
         check_entry(f"prepare.{key}", prepare.get(key), defaults, refs, nullable=defaults if folder else ())
         (check_photo_prepare if folder else check_percentages)(f"prepare.{key}", prepare.get(key) or {}, defaults)
+    check_defaults = literal_defaults("check/run.py", "CHECK_DEFAULTS")
+    checks = _entries(params, "check")
+    for key, entry in checks.items():
+        problem = _problem_dataset(key, refs)
+        if problem:
+            raise ParamsError(f"params.yaml check.{key}: a check entry is named after its dataset: {problem}")
+        check_entry(f"check.{key}", entry, check_defaults, refs, nullable=nulls(check_defaults))
     for key, entry in _entries(params, "weights").items():
         check_entry(f"weights.{key}", entry, WEIGHTS, refs, specs=WEIGHTS_VALUES, required=("arch",),
                     why="a weights entry names its arch, one of ARCHS in tasks/fetch/weights.py")
@@ -676,6 +691,11 @@ def validate(params: dict) -> dict:
                               f"got {entry['teacher']!r}")
     for key, recipe in models.items():
         check_recipe(f"models.{key}", recipe, replace(refs, owner=key))
+        dataset = recipe["dataset"]
+        if dataset not in checks:
+            raise ParamsError(f"params.yaml models.{key}.dataset: dataset `{dataset}` has no `check.{dataset}` "
+                              f"entry; training waits for check@{dataset}'s verdict: add `check: {{{dataset}: {{}}}}` "
+                              f"(defaults: tasks/check/run.py CHECK_DEFAULTS)")
     check_entry("evaluate", params.get("evaluate"), EVAL_DEFAULTS, refs, specs=EVALUATE_VALUES,
                 nullable=nulls(EVAL_DEFAULTS))
     check_entry("export", params.get("export"), EXPORT_DEFAULTS, refs, nullable=nulls(EXPORT_DEFAULTS))
