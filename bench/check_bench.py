@@ -7,7 +7,8 @@ Speed: `tasks.check.run.check` on each prepared dataset (data/processed/<key>/, 
 prepare@<key>`), written to a temporary folder (reports/data/ stays the DAG's), wall time and examples/s.
 The issue's budget is 10 minutes each on 2 cores for cards (7,886) and MNIST (70,000).
 
-Calibration: the block difference (similar.picture_difference) of (a) copies made from `--samples` train
+Calibration (one scan of the dataset): the out-of-sample accuracy of the label model on the pooled features
+against the 2 x 2-grid ones the check uses; and the block difference (similar.picture_difference) of (a) copies made from `--samples` train
 images (JPEG quality 40 and 75, brightness x1.25, a 5 % crop, a 3x downsize) against the image, and (b)
 every cross-class candidate pair of the dataset (hash distance <= phash_max or cosine >= cosine_min among
 the nearest neighbours), lowest first: the genuine label conflicts sit at the bottom of (b) and the
@@ -97,7 +98,13 @@ def calibrate(key: str, samples: int) -> dict:
         for name, copy in made.items():
             copies.setdefault(name, []).append(similar.picture_difference(similar.thumbnail(im), similar.thumbnail(copy)))
     limit = float(s["pixel_max"])
+    from tasks.check.labels import cross_val_probs
+
+    k, folds, seed = len(manifest["labels"]), int(s["folds"]), int(s["seed"])
+    probe = {name: round(float(np.mean(cross_val_probs(x, labels, k, folds, seed).argmax(axis=1) == labels)), 4)
+             for name, x in (("pooled", emb), ("grid_2x2", data["grid"]))}
     result = {"dataset": key, "pixel_max": limit, "samples": len(originals[:samples]),
+              "label_model_out_of_sample_accuracy": probe,
               "copies": {k: {"max": round(max(v), 3), "median": round(float(np.median(v)), 3),
                              "found_at_pixel_max": round(float(np.mean(np.array(v) <= limit)), 3)}
                          for k, v in copies.items()},

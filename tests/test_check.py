@@ -37,8 +37,8 @@ def project(tmp_path, src, check=None, **prepare):
     return p
 
 
-def findings(p):
-    return pq.read_table(p.check_dir("pets") / "findings.parquet").to_pylist()
+def findings(p, key="pets"):
+    return pq.read_table(p.check_dir(key) / "findings.parquet").to_pylist()
 
 
 def reencoded(path, quality=70) -> bytes:
@@ -166,13 +166,9 @@ def test_array_datasets_are_checked_on_pixels_and_a_copied_digit_is_a_leak(tmp_p
     prepare_stage(p, "mnist")
     with pytest.raises(CheckFailed, match="leaks across splits: 1 train/test|leaks across splits: 1 validation/test"):
         check_stage(p, "mnist")
-    rows = findings_of(p, "mnist")
+    rows = findings(p, "mnist")
     copy = [r for r in rows if r["kind"] == "duplicate"]
     assert len(copy) == 1 and copy[0]["detail"] == "identical bytes" and copy[0]["other_source_id"] == "mnist/test/000000"
-
-
-def findings_of(p, key):
-    return pq.read_table(p.check_dir(key) / "findings.parquet").to_pylist()
 
 
 def test_the_backbone_pin_is_the_params_weights_pin_and_defaults_are_valid():
@@ -210,3 +206,12 @@ def test_a_failing_check_stops_dvc_repro_before_train(tmp_path):
     assert json.loads((root / "reports/data/mnist/verdict.json").read_text())["verdict"] == "fail"
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert "prepare@mnist" in lock and "check@mnist" not in lock and "train@tiny" not in lock
+
+
+def test_the_report_index_links_every_data_check_page(tmp_path):
+    from tasks.report.pages import write_index
+
+    (tmp_path / "summaries").mkdir()
+    text = write_index(tmp_path, [], {}, checks=["mnist", "cards"])["markdown"]
+    assert "Data checks (check@, before any training): [mnist](data/mnist/README.md), [cards](data/cards/README.md)" \
+        in text

@@ -94,7 +94,7 @@ def test_stages_declare_the_params_they_read():
         expected = {"train": [f"models.{key}"], "teach": [f"teach.{key}"],
                     "evaluate": [f"models.{key}.min_accuracy", "evaluate"],
                     "export": [f"models.{key}.min_accuracy", "evaluate.max_regression", "export"],
-                    "report_page": [], "report": ["models", "report"],
+                    "report_page": [], "report": ["check", "models", "report"],
                     "fetch": ["download", f"fetch.{key}"], "prepare": [f"prepare.{key}"], "check": [f"check.{key}"],
                     "fetch_weights": ["download", f"weights.{key}"], "features": [f"features.{key}"]}[group]
         assert declared == sorted(expected), f"{stage.addressing}: params {declared}, expected {expected}"

@@ -38,15 +38,19 @@ def cross_val_probs(x: np.ndarray, y: np.ndarray, num_classes: int, folds: int, 
     return probs
 
 
-def neighbour_probs(neighbours: np.ndarray, y: np.ndarray, num_classes: int, prior: float = 0.5) -> np.ndarray:
-    """Leave-one-out kNN probabilities: each row's neighbours' labels (itself never among them), with
-    `prior` pseudo-votes spread over the classes so no probability is exactly 0."""
+def neighbour_probs(neighbours: np.ndarray, y: np.ndarray, num_classes: int, similarity: np.ndarray | None = None,
+                    prior: float = 0.5) -> np.ndarray:
+    """Leave-one-out kNN probabilities: each row's neighbours' labels (itself never among them), each vote
+    weighted by its cosine similarity to the 4th power (the nearest count most, and the probabilities are
+    continuous, so cleanlab's ranking has no ties), with `prior` pseudo-votes spread over the classes so
+    no probability is exactly 0."""
     y = np.asarray(y, np.int64)
     votes = np.zeros((len(y), num_classes))
     labels = y[neighbours]
+    weights = np.ones(labels.shape) if similarity is None else np.clip(similarity, 0.0, 1.0) ** 4
     for col in range(labels.shape[1]):
-        np.add.at(votes, (np.arange(len(y)), labels[:, col]), 1.0)
-    votes += prior / num_classes
+        np.add.at(votes, (np.arange(len(y)), labels[:, col]), weights[:, col])
+    votes += prior * weights.mean(axis=1, keepdims=True) / num_classes
     return votes / votes.sum(axis=1, keepdims=True)
 
 

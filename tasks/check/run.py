@@ -148,8 +148,8 @@ def scan(processed_dir: Path, manifest: dict, s: dict, photos: bool) -> dict:
 def embedder(image_shape, image_size: int):
     """uint8 images -> (pooled EfficientNet-Lite0 ImageNet features, the same averaged over a 2 x 2 grid of
     the feature map), a tf.function. The pooled ones find look-alikes; the grid ones feed the linear label
-    model: on the cards they keep where the corner index is (out-of-sample accuracy 0.60 against 0.54 for
-    pooled features, both at 224 px; docs/data-checks.md)."""
+    model: they keep where a card's corner index is, which the pooled ones average away
+    (`python bench/check_bench.py --calibrate cards` compares the two: reports/bench/check_calibration.json)."""
     import keras
     import tensorflow as tf
 
@@ -253,8 +253,8 @@ def pairs_arrays(data: dict, s: dict) -> list[dict]:
         for a in members[1:]:
             found[(members[0], a)] = 0.0
     feats = similar.normalise(pca(px, int(s["pca_dims"]), int(s["seed"])))
-    idx, _ = similar.top_k(feats, int(s["neighbours"]))
-    data["neighbours"] = idx
+    idx, sim = similar.top_k(feats, int(s["neighbours"]))
+    data["neighbours"], data["similarity"] = idx, sim
     limit = float(s["pixel_diff_max"])
     ink = px.astype(np.int64).sum(axis=1)
     for col in range(min(3, idx.shape[1])):
@@ -275,7 +275,7 @@ def issues(data: dict, s: dict, photos: bool) -> list[dict]:
     if photos:
         probs = label_check.cross_val_probs(data["grid"], data["labels"], k, int(s["folds"]), int(s["seed"]))
     else:
-        probs = label_check.neighbour_probs(data["neighbours"], data["labels"], k)
+        probs = label_check.neighbour_probs(data["neighbours"], data["labels"], k, data["similarity"])
     data["probs"] = probs
     rows = []
     for r in label_check.label_issues(data["labels"], probs):
@@ -376,7 +376,8 @@ def summarise(key: str, data: dict, rows: list[dict], s: dict, photos: bool, man
             "leaks": leaks, "balance": balance, "verdict": "fail" if reasons else "pass", "reasons": reasons,
             "out_of_sample_accuracy": round(float(np.mean(probs.argmax(axis=1) == data["labels"])), 4)
             if probs is not None else None,
-            "method": {"pairs": "perceptual hash + embedding cosine (EfficientNet-Lite0, ImageNet)" if photos
+            "method": {"pairs": "perceptual-hash or embedding-cosine (EfficientNet-Lite0, ImageNet) candidates, "
+                                "confirmed block by block on 32 px thumbnails" if photos
                        else "identical bytes + PCA nearest neighbours with a pixel-difference check",
                        "labels": f"{int(s['folds'])}-fold logistic regression on the 2x2-grid embeddings" if photos
                        else f"leave-one-out {int(s['neighbours'])}-nearest neighbours in PCA space",

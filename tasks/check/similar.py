@@ -106,11 +106,9 @@ def block_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 def picture_difference(a: np.ndarray, b: np.ndarray) -> float:
     """How far two stored thumbnails are from being one picture: the block difference of the pair,
-    after undoing a light crop of either (the best of SCALES). Measured on the real cards
-    (docs/data-checks.md): re-encoded (JPEG quality 40), downsized and 5 %-cropped copies score at most
-    0.31 / 0.18 / 0.53, brightened by 25 % at most 0.6; the same photo under two labels 0.01-0.12; and
-    look-alikes of one deck that differ only in the corner index (the six and seven of diamonds) from
-    0.15 up (median 0.48). So a threshold keeps look-alikes out at the price of missing the most
-    brightened or cropped copies."""
+    after undoing a light crop of either (the best of SCALES). On the real cards
+    (`python bench/check_bench.py --calibrate cards`, docs/data-checks.md) re-encoded and resized copies
+    score low, the look-alikes of one deck that differ only in a corner index higher, and brightened or
+    cropped copies overlap the look-alikes: a threshold keeps look-alikes out at the price of those."""
     va, vb = _views(a), _views(b)
     return min(min(block_difference(va[0], v) for v in vb), min(block_difference(v, vb[0]) for v in va[1:]))

@@ -225,7 +225,8 @@ def model_table(table: dict, rows: dict) -> list[str]:
     return lines + [""]
 
 
-def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = None) -> dict:
+def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = None,
+                checks: list[str] | None = None) -> dict:
     """report: reports/README.md from the pages' rows (reports/summaries/), in `model_keys` order, and
     the comparison figure of params `report.transfer` ({models, dashed, title, caption}) when it has
     curves. Returns {"index": path, "markdown": index text}."""
@@ -239,6 +240,8 @@ def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = 
                                     f"(`tlpipe report {key}`) first")
         rows.append(json.loads(path.read_text()))
     lines = ["# Model reports", "",
+             *(["Data checks (check@, before any training): " +
+                ", ".join(f"[{k}](data/{k}/README.md)" for k in checks), ""] if checks else []),
              "| model | dataset | arch | transfer from / frozen | epochs | best val acc | scored on | accuracy (Keras) | "
              "float32 TFLite acc | int8 TFLite acc | int8 bytes | blessed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|", *map(_row, rows), "", *side_by_side(rows)]

@@ -142,7 +142,8 @@ def report_stage(project: Project) -> dict:
     from tasks.report.pages import write_index
 
     params = project.params()
-    return write_index(project.root / "reports", list(recipes(params)), params.get("report") or {})
+    return write_index(project.root / "reports", list(recipes(params)), params.get("report") or {},
+                       checks=list(params.get("check") or {}))
 
 
 def predict_images(model: str, images: list[str], top_k: int) -> str:
