@@ -48,7 +48,9 @@ def test_real_cards_slice(tmp_path, monkeypatch):
     assert manifest["skipped"] == [{"file": "train/ace of clubs/output",
                                     "reason": "listed in cards.csv (line 12) but no such file"}]
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
-    assert counts == {"train": 30, "validation": 15} and len(kept) == 45
+    # valid/ is the validation split; the test split is carved from the 30 train/ images (no test/ folder)
+    assert counts["validation"] == 15 and counts["train"] + counts["test"] == 30 and counts["test"] > 0
+    assert len(kept) == 45 and manifest["split_origin"]["test"].startswith("20% of train/")
     assert manifest["images"]["passthrough"] == 45  # the real files are baseline 224x224 RGB JPEGs
     images = [(im.numpy(), int(y)) for im, y in read_split(project.processed_dir("cards"), "validation")]
     assert len(images) == 15 and all(im.shape == (224, 224, 3) for im, _ in images)

@@ -39,7 +39,7 @@ RECIPE = {"dataset": "mnist", "init": "tasks/cnn/models.py", "trainer": "tasks/c
           "arch": "lecture_conv_pool_dense", "epochs": 2, "batch_size": 8, "seed": 1, "patience": 2,
           "min_accuracy": 0.0}
 TARGET = "train@tiny"
-FINISHED = ("fetch@mnist", "prepare@mnist")  # done before the kill
+FINISHED = ("fetch@mnist", "prepare@mnist", "check@mnist")  # done before the kill
 SLOW = 0.3  # seconds of sleep after every training batch
 SLOW_FIT = '''
 
@@ -346,7 +346,7 @@ def test_a_killed_tlpipe_pipeline_leaves_no_process_and_the_next_run_resumes_and
     assert state is not None and state["type"] == "CRASHED", f"{state}\n{tail(second_log)}"
     assert f"its process {first.pid} " in state["message"], state["message"]
     assert {t["name"]: t["state"]["type"] for t in tasks} == {
-        "fetch@mnist": "COMPLETED", "prepare@mnist": "COMPLETED", TARGET: "CRASHED"}
+        "fetch@mnist": "COMPLETED", "prepare@mnist": "COMPLETED", "check@mnist": "COMPLETED", TARGET: "CRASHED"}
 
     output = second_log.read_text()
     result = result_of(output)
@@ -404,7 +404,7 @@ def test_a_killed_worker_takes_its_flow_run_along_and_the_next_worker_resumes(pr
     tasks = api(url, "POST", "/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [killed["id"]]}},
                                                        "limit": 10, "sort": "ID_DESC"})
     assert {t["name"]: t["state"]["type"] for t in tasks} == {
-        "fetch@mnist": "COMPLETED", "prepare@mnist": "COMPLETED", TARGET: "CRASHED"}
+        "fetch@mnist": "COMPLETED", "prepare@mnist": "COMPLETED", "check@mnist": "COMPLETED", TARGET: "CRASHED"}
 
     second, second_log = worker("second")
     try:

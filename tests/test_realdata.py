@@ -35,7 +35,8 @@ def test_real_emnist_letters(project):
     assert record["format"] == "idx"  # the mirror has no matlab.zip
     manifest = prepare(project, "emnist_letters")
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
-    assert sum(counts.values()) == 124_800 and counts["test"] > 0
+    dropped = manifest["edits"]["dropped"]  # params.yaml prepare.emnist_letters.drop: check@'s train/test copies
+    assert len(dropped) == 2 and sum(counts.values()) == 124_800 - len(dropped) and counts["test"] > 0
     assert manifest["num_classes"] == 26
     assert {v for s in manifest["splits"].values() for v in s["per_class"].values()} != {0}
     assert any("carved from train" in n for n in manifest["notes"])
