@@ -135,3 +135,40 @@ def test_misclassified_grid_captions_do_not_overlap(tmp_path, monkeypatch):
         for j, image in enumerate(images):
             assert i == j or not box.overlaps(image), (i, j)
     plt.close(fig)
+
+
+def test_tta_averages_the_image_and_its_half_turn():
+    from tasks.evaluate.metrics import tta_scores, tta_view
+
+    # a "model" that reads the top-left pixel: right on the stored image, wrong on its half turn
+    images = np.zeros((4, 3, 3, 1), np.uint8)
+    images[:, 0, 0, 0] = [0, 1, 0, 1]
+    images[:, -1, -1, 0] = [1, 0, 1, 1]
+    y = np.array([0, 1, 0, 1])
+    predict = lambda x: np.eye(2)[x[:, 0, 0, 0]] * 0.6 + 0.2  # noqa: E731
+    np.testing.assert_array_equal(tta_view(images, "turn180")[:, 0, 0, 0], images[:, -1, -1, 0])
+    scores = tta_scores(predict, images, y, predict(images), ["turn180"])
+    assert scores["views"] == ["as stored", "turn180"]
+    assert scores["per_view_accuracy"] == {"turn180": 0.25}  # only the last image reads the same turned
+    # the mean is a tie (0.5/0.5 -> class 0) on images 0-2 and class 1 on image 3: 3 of 4 right
+    assert scores["accuracy"] == 0.75
+    with pytest.raises(ValueError, match="unknown view 'mirror'"):
+        tta_view(images, "mirror")
+
+
+def test_evaluate_reports_tta_apart_for_a_dataset_that_allows_it(tmp_path):
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 256, (24, 28, 28), dtype=np.uint8), rng.integers(0, 3, 24)
+    write_dataset(tmp_path / "data", {"test": (images, labels)}, ["a", "b", "c"], extra={"dataset": "toy"})
+    keras.utils.set_random_seed(0)
+    model = build("reference_cnn", 3)
+    model.save(tmp_path / "model.keras")
+    plain = model.predict(images[..., None], verbose=0)
+    turned = model.predict(images[:, ::-1, ::-1, None], verbose=0)
+
+    m = evaluate(tmp_path / "model.keras", tmp_path / "data", tmp_path / "r", {"tta": {"toy": ["turn180"]}})
+    assert m["accuracy"] == pytest.approx(np.mean(plain.argmax(1) == labels))  # the headline stays plain
+    assert m["tta"]["accuracy"] == pytest.approx(np.mean(((plain + turned) / 2).argmax(1) == labels))
+    assert m["tta"]["per_view_accuracy"]["turn180"] == pytest.approx(np.mean(turned.argmax(1) == labels))
+    other = evaluate(tmp_path / "model.keras", tmp_path / "data", tmp_path / "r2", {"tta": {"cards": ["turn180"]}})
+    assert "tta" not in other  # views are a dataset's property: another dataset's setting does not apply

@@ -91,6 +91,22 @@ def test_augmentation_has_no_flip_unless_asked():
     np.testing.assert_array_equal(np.asarray(augment.augmenter(True, 0)(x, training=False)), x)
 
 
+def test_turn180_turns_half_the_images_and_never_mirrors():
+    assert "aug_turn180" not in {layer.name for layer in augment.augmenter(True, 0).layers}  # opt-in
+    turn = augment.augmenter({"crop": 0, "scale": 0, "brightness": 0, "turn180": True}, 3)
+    x = np.random.default_rng(0).integers(0, 256, (64, 5, 7, 3)).astype("float32")
+    y = np.asarray(turn(x, training=True))
+    same = [np.array_equal(a, b) for a, b in zip(y, x)]
+    turned = [np.array_equal(a, b[::-1, ::-1]) for a, b in zip(y, x)]
+    assert all(s != t for s, t in zip(same, turned))  # each image exactly as stored or exactly turned
+    assert 16 <= sum(turned) <= 48  # about half, from a seeded draw
+    again = np.asarray(augment.augmenter({"crop": 0, "scale": 0, "brightness": 0, "turn180": True}, 3)(x, training=True))
+    np.testing.assert_array_equal(again, y)  # seeded: the same draw from the same seed
+    np.testing.assert_array_equal(np.asarray(turn(x, training=False)), x)
+    layer = turn.get_layer("aug_turn180")
+    assert type(layer).from_config(layer.get_config()).seed == layer.seed
+
+
 def test_rotation_and_contrast_are_opt_in_and_stay_in_range():
     assert not {"aug_rotate", "aug_contrast"} & {layer.name for layer in augment.augmenter(True, 0).layers}
     both = augment.augmenter({"crop": 0, "scale": 0, "brightness": 0, "rotate": 0.05, "contrast": 0.3}, 0)

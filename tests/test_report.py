@@ -73,3 +73,18 @@ def test_a_params_table_lists_its_models_with_parameters_and_int8_numbers():
     assert lines[0] == "## Lecture baselines"
     assert lines[6] == "| [b](b/README.md) | mlp | – | – | – | – | – | – | – |"
     assert lines[7] == "| [a](a/README.md) | softmax | 7,850 | test | 92.59 % | 92.57 % | 99.57 % | 10 | 59.4 |"
+
+
+def test_test_time_augmentation_is_said_apart_from_the_headline():
+    from tasks.report.pages import model_page, model_table, scores
+
+    metrics = {"accuracy": 0.9, "split": "test", "test_count": 10, "tta": {
+        "views": ["as stored", "turn180"], "accuracy": 0.95, "per_view_accuracy": {"turn180": 0.8}}}
+    page = model_page("m", metrics, {"recipe": {"dataset": "cards"}}, {})
+    assert ("**Test-time augmentation** (apart from the headline; the exported model does not do it): the softmax "
+            "averaged over as stored + turn180: 95.00 % (turn180 alone 80.00 %).") in page
+    assert "| accuracy | 0.9000 |" in page and "| tta |" not in page
+    row = {"key": "m", "arch": "a", "params": 1, "split": "test", "accuracy": 0.9, "tta_accuracy": 0.95,
+           "epochs_run": 1, "seconds": 1.0, "tflite": {}, "blessed": True}
+    assert "| 90.00 % (TTA 95.00 %) |" in model_table({"models": ["m"]}, {"m": row})[-2]
+    assert scores(row)["tta_accuracy"] == 0.95 and "tta_accuracy" not in scores({**row, "tta_accuracy": None})

@@ -130,6 +130,8 @@ def test_code_defaults_and_params_never_disagree():
     for section, defaults in (("evaluate", EVAL_DEFAULTS), ("export", EXPORT_DEFAULTS),
                               ("download", download_options({}))):
         for k, v in p[section].items():
+            if (section, k) == ("evaluate", "tta"):  # which datasets allow which views: data, not a default
+                continue
             assert v == defaults[k], f"params.yaml {section}.{k} = {v!r}, code default {defaults[k]!r}"
     for key, entry in p["prepare"].items():
         defaults = FOLDER if is_image_folder(source(key, p)) else ARRAY_DEFAULTS
@@ -186,9 +188,11 @@ def error_of(p: dict) -> str:
     ("models.cards_ours_v2_100.head_lr", "1e-3", "expected a number > 0, got '1e-3'"),
     ("models.cards_ours_v2_100.dropout", 1.0, "expected a number in [0, 1) or null, got 1.0"),
     ("models.cards_ours_v2_100.augment", "yes", "expected true or false or a mapping {crop, scale, brightness, "
-                                                "rotate, contrast, flip}, got 'yes'"),
+                                                "rotate, contrast, flip, turn180}, got 'yes'"),
     ("models.cards_ours_v2_100.augment.flip", 1, "expected true or false, got 1"),
     ("models.emnist_ours.augment.zoom", 1.5, "expected a number in [0, 1], got 1.5"),
+    ("models.cards_phone_v2_035.augment.turn180", "yes", "expected true or false, got 'yes'"),
+    ("evaluate.tta.cardz", ["turn180"], "no dataset `cardz`"),
     ("prepare.cards.image_size", 4, "expected an integer in 8..4096 or null, got 4"),
     ("prepare.cards.jpeg_quality", 0, "expected an integer in 1..100 or null, got 0"),
     ("download.retries", -1, "expected an integer >= 0, got -1"),
@@ -218,10 +222,15 @@ def test_a_bad_value_fails_in_one_line_naming_its_key(path, value, expected):
     ("prepare.cards.resize", "stretch", "resize must be one of squash, crop (RESIZE in tasks/prepare/images.py)"),
     ("fetch.emnist_letters.format", "zip", "format must be one of mat, idx, auto"),
     ("fetch.cards.link", "symlink", "link must be one of copy, hardlink, got 'symlink'"),
+    ("evaluate.tta.cards", "mirror", "turn180 (TTA_VIEWS in tasks/evaluate/metrics.py), got 'mirror'"),
     ("weights.mobilenet_v2_100_224.arch", "resnet50", "arch must be one of mobilenet_v2, mobilenet, "
                                                       "mobilenet_v3_small, mobilenet_v3_large, efficientnet_lite0 (ARCHS in tasks/fetch"),
 ])
 def test_a_value_outside_its_choices_names_them(path, value, choices):
+    if path == "evaluate.tta.cards":  # a list: the item is named
+        message = error_of(put(params(), path, [value]))
+        assert message.startswith(f"params.yaml {path}[0]: cards[0] must be one of ") and choices in message
+        return
     message = error_of(put(params(), path, value))
     assert message.startswith(f"params.yaml {path}: {path.rsplit('.', 1)[1]} must be one of ") and choices in message
 

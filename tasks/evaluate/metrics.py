@@ -16,7 +16,26 @@ import numpy as np
 from tasks.core.io import write_json
 
 EVAL_DEFAULTS = {"top_k": 3, "min_accuracy": 0.0, "max_regression": 0.005, "batch_size": 512,
-                 "grid": 25, "most_confused": 10}
+                 "grid": 25, "most_confused": 10, "tta": {}}
+TTA_VIEWS = ("turn180",)  # test-time views a dataset may allow (`evaluate.tta: {dataset: [view, ...]}`)
+
+
+def tta_view(images: np.ndarray, view: str) -> np.ndarray:
+    """`images` (N x H x W x C) as test-time view `view`: turn180 = rows and columns reversed (a half turn)."""
+    if view == "turn180":
+        return images[:, ::-1, ::-1, :]
+    raise ValueError(f"evaluate tta: unknown view {view!r}; choose from {list(TTA_VIEWS)}")
+
+
+def tta_scores(predict, images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, views) -> dict:
+    """Test-time augmentation, reported beside (never instead of) the plain accuracy: the mean of the
+    softmax over the image as stored and each of `views`; also each view's accuracy alone.
+    `predict`: images -> probabilities (a Keras model's predict, or a TFLite runner)."""
+    views = list(views)
+    each = {v: predict(tta_view(images, v)) for v in views}
+    mean = (probs + sum(each.values())) / (1 + len(views))
+    return {"views": ["as stored", *views], "accuracy": float(np.mean(mean.argmax(1) == y_true)),
+            "per_view_accuracy": {v: float(np.mean(p.argmax(1) == y_true)) for v, p in each.items()}}
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
@@ -231,6 +250,10 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
         "split_origin": split_origin(manifest, split),
         "validation_count": int((manifest["splits"].get("validation") or {}).get("count", 0)),
     }
+    views = (cfg["tta"] or {}).get(manifest.get("dataset"))
+    if views:  # the dataset allows these views at test time: their averaged score, reported on its own
+        metrics["tta"] = tta_scores(lambda x: model.predict(x, batch_size=int(cfg["batch_size"]), verbose=0),
+                                    images, y_true, probs, views)
     by_attribute = attribute_accuracy(y_true, y_pred, names, manifest.get("label_attributes") or {})
     metrics.update({f"{attr}_accuracy": v["accuracy"] for attr, v in by_attribute.items()})
     if verdict:

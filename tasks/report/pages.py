@@ -113,6 +113,16 @@ def scored_on(metrics: dict) -> str:
     return line
 
 
+def tta_line(metrics: dict) -> list[str]:
+    """The test-time augmentation score (evaluate.tta), said apart from the headline, or nothing."""
+    tta = metrics.get("tta")
+    if not tta:
+        return []
+    alone = ", ".join(f"{v} alone {_pct(a)}" for v, a in tta["per_view_accuracy"].items())
+    return [f"**Test-time augmentation** (apart from the headline; the exported model does not do it): the softmax "
+            f"averaged over {' + '.join(tta['views'])}: {_pct(tta['accuracy'])} ({alone}).", ""]
+
+
 def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
     recipe = train.get("recipe", {})
     lines = [f"# {key}", "",
@@ -120,7 +130,7 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
              + (f", transferred from `{recipe['transfer_from']}` (frozen: {recipe.get('freeze')})"
                 if recipe.get("transfer_from") else "")
              + f"; {train.get('epochs_run', '?')} epochs, {train.get('fit_seconds', '?')} s.", "",
-             scored_on(metrics), "", "| metric | value |", "|---|---|"]
+             scored_on(metrics), "", *tta_line(metrics), "| metric | value |", "|---|---|"]
     for name, value in metrics.items():
         if name in ("split_origin", "validation_count"):
             continue
@@ -165,7 +175,8 @@ def scores(summary: dict) -> dict:
     return {"accuracy": summary["accuracy"], "int8_accuracy": i8.get("accuracy"),
             "int8_agreement": i8.get("agreement"), "float32_kb": kb(f32.get("bytes")), "int8_kb": kb(i8.get("bytes")),
             "int8_latency_ms": i8.get("latency_ms"), "train_s": summary["seconds"], "epochs": summary["epochs_run"],
-            "blessed": summary["blessed"]}
+            "blessed": summary["blessed"], **({"tta_accuracy": summary["tta_accuracy"]} if summary.get("tta_accuracy")
+                                              is not None else {})}
 
 
 def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -> dict:
@@ -192,6 +203,7 @@ def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -
                "split": metrics.get("split", "test"), "accuracy": metrics.get("accuracy"),
                "tflite": metrics.get("tflite", {}), "seconds": train.get("fit_seconds"),
                "blessed": bool(metrics.get("blessed")), "params": train.get("params"),
+               **({"tta_accuracy": metrics["tta"]["accuracy"]} if metrics.get("tta") else {}),
                "val_accuracy": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history]}
     write_json(page_dir / "scores.json", scores(summary))
     (reports_dir / SUMMARIES).mkdir(parents=True, exist_ok=True)
@@ -218,7 +230,8 @@ def model_table(table: dict, rows: dict) -> list[str]:
         r = rows[key]
         i8 = r["tflite"].get("int8", {})
         params = f"{r['params']:,}" if r.get("params") is not None else "–"
-        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {r.get('split', '–')} | {_pct(r['accuracy'])} | "
+        tta = f" (TTA {_pct(r['tta_accuracy'])})" if r.get("tta_accuracy") is not None else ""
+        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {r.get('split', '–')} | {_pct(r['accuracy'])}{tta} | "
                      f"{_pct(i8.get('accuracy'))} | {_pct(i8.get('agreement'))} | "
                      f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | "
                      f"{r['seconds'] if r['seconds'] is not None else '–'} |")

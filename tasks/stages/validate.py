@@ -467,6 +467,8 @@ VALUES: dict[str, Spec] = {
     "steps_per_epoch": SIZE, "label_smoothing": FRACTION, "cache_images": Bool(), "distill_weight": FRACTION,
     # evaluate (min_accuracy/max_regression: EVALUATE_VALUES), export
     "top_k": SIZE, "max_regression": FRACTION, "grid": COUNT, "most_confused": COUNT,
+    "tta": OpenMap(Seq(Choice(("evaluate/metrics.py", "TTA_VIEWS"))), Ref("dataset"),
+                   "a mapping dataset -> [test-time views]", null_ok=True),
     "representative_samples": SIZE, "representative_pool": SIZE, "latency_runs": SIZE, "num_threads": SIZE,
     "metadata": Table(lambda: {k: TEXT for k in literal_keys("evaluate/export.py", "METADATA_DEFAULTS")},
                       null_ok=True),
