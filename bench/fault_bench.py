@@ -7,7 +7,7 @@ fixtures (MNIST-format IDX files, a photo folder, a tiny CNN on synthetic 28x28 
 is deterministic. For each kill point it records what the killed run left, what the rerun did, and
 whether the rerun's outputs are byte-identical to an uninterrupted run's (training: `history.json`
 bytes and every weight of `model.keras`, whose zip also holds the save time). Prints a table (the
-README's Reliability section) and writes reports/bench/faults.json.
+docs/reliability.md) and writes reports/bench/faults.json.
 """
 from __future__ import annotations
 
