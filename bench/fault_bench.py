@@ -6,7 +6,7 @@ Every kill is an `os._exit` at an exact call inside a fresh interpreter (tests/f
 fixtures (MNIST-format IDX files, a photo folder, a tiny CNN on synthetic 28x28 images), so each case
 is deterministic. For each kill point it records what the killed run left, what the rerun did, and
 whether the rerun's outputs are byte-identical to an uninterrupted run's (training: `history.json`
-bytes and every weight of `model.keras`, whose zip also holds the save time). Prints a table (the
+bytes and every weight of `model.keras`, whose zip also holds the save time). Prints a table (see
 docs/reliability.md) and writes reports/bench/faults.json.
 """
 from __future__ import annotations
