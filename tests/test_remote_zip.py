@@ -1,12 +1,14 @@
 import hashlib
 import io
 import os
+import time
 import zipfile
 
+import httpserver
 import pytest
 
-from tasks.fetch.download import ChecksumError, ContentError, DownloadError, NotFound
-from tasks.fetch.remote_zip import MemberNotFound, ZipFormatError, fetch_zip_member
+from tasks.fetch.download import ChecksumError, ContentError, DownloadError, NotFound, TransientError
+from tasks.fetch.remote_zip import READAHEAD, TAIL, MemberNotFound, ZipFormatError, fetch_zip_member
 
 FAST = dict(backoff_s=0.01, timeout_s=5.0)
 MEMBER = "matlab/emnist-letters.mat"
@@ -55,6 +57,41 @@ def test_range_fetch_reads_a_small_fraction(http_server, tmp_path, member_first,
     assert len(http_server.requests) <= 3
 
 
+def test_range_fetch_of_a_large_member_reads_little_more_than_it(http_server, tmp_path):
+    # a member of several read blocks between two big neighbours: the bytes over the wire are the
+    # tail probe, the member and at most two read-aheads, and the record says so
+    big = os.urandom(2_500_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("matlab/emnist-balanced.mat", DECOY, compress_type=zipfile.ZIP_STORED)
+        zf.writestr(MEMBER, big, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("matlab/emnist-byclass.mat", DECOY, compress_type=zipfile.ZIP_STORED)
+    archive = buf.getvalue()
+    url = http_server.add("/matlab.zip", archive)
+    rec = fetch_zip_member(url, MEMBER, tmp_path / "m", member_sha256=sha(big), **FAST)
+    assert (tmp_path / "m").read_bytes() == big and rec["method"] == "range" and rec["verified"] is True
+    csize = zipfile.ZipFile(io.BytesIO(archive)).getinfo(MEMBER).compress_size
+    sent = http_server.bytes_sent()
+    assert csize < sent < csize + TAIL + 2 * READAHEAD + 1000
+    assert sent < len(archive) / 3
+    assert rec["fetched_bytes"] == sent and rec["archive_bytes"] == len(archive)
+    assert all(r.range and r.status == 206 for r in http_server.requests)
+
+
+def test_member_reaching_into_the_tail_reads_the_tail_from_the_probe(http_server, tmp_path):
+    # the probe's tail begins inside the member: only the member's bytes before it are fetched again
+    member = os.urandom(TAIL + 40_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("matlab/emnist-byclass.mat", DECOY, compress_type=zipfile.ZIP_STORED)
+        zf.writestr(MEMBER, member, compress_type=zipfile.ZIP_STORED)
+    archive = buf.getvalue()
+    url = http_server.add("/matlab.zip", archive)
+    rec = fetch_zip_member(url, MEMBER, tmp_path / "m", member_sha256=sha(member), **FAST)
+    assert (tmp_path / "m").read_bytes() == member and rec["method"] == "range"
+    assert len(http_server.requests) == 2 and http_server.bytes_sent() < TAIL + READAHEAD + 1000
+
+
 def test_range_with_comment_and_prepended_data(http_server, tmp_path):
     archive = make_zip(comment=b"c" * 2000, prefix=b"#!/bin/sh\nexit 0\n" * 50)
     url = http_server.add("/sfx.zip", archive)
@@ -63,15 +100,48 @@ def test_range_with_comment_and_prepended_data(http_server, tmp_path):
     assert rec["verified"] is False
 
 
-def test_range_resumes_dropped_member_stream(http_server, tmp_path):
+def test_range_retries_dropped_member_block(http_server, tmp_path):
+    # fsspec reads each block whole: a connection dropped mid-block is retried (download's backoff)
+    # by asking for the same block again, so at most one block is fetched twice
     archive = make_zip(method=zipfile.ZIP_STORED)
     url = http_server.add("/matlab.zip", archive, drop_after=5000, drop_on=(2,))
     rec = fetch_zip_member(url, MEMBER, tmp_path / "m", member_sha256=PAYLOAD_SUM, **FAST)
     check_result(rec, tmp_path / "m", "range")
     reqs = http_server.requests
-    assert len(reqs) == 3 and reqs[1].sent == 5000
-    start = int(reqs[1].range.split("=")[1].split("-")[0])
-    assert reqs[2].range.startswith(f"bytes={start + 5000}-")
+    assert len(reqs) == 4 and reqs[1].sent == 5000 and reqs[2].range == reqs[1].range
+    assert reqs[2].sent > 5000 and reqs[3].range != reqs[1].range
+    assert http_server.bytes_sent() < len(archive) / 4
+
+
+def test_range_gives_up_after_the_download_retries(http_server, tmp_path):
+    archive = make_zip(method=zipfile.ZIP_STORED)
+    url = http_server.add("/matlab.zip", archive, drop_after=100, drop_on=(2, 3, 4))
+    with pytest.raises(TransientError, match=r"gave up on GET .*/matlab.zip bytes \d+-\d+ after 3 attempts"):
+        fetch_zip_member(url, MEMBER, tmp_path / "m", retries=2, **FAST)
+    assert len(http_server.requests) == 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_range_read_timeout_comes_from_the_download_settings(http_server, tmp_path, monkeypatch):
+    # the server answers the tail probe, then stalls on every other range: aiohttp's read timeout
+    # is timeout_s, and the stalled reads are retried `retries` times before giving up
+    respond = httpserver.Handler.respond
+    stalled = []
+
+    def stalling(self, body):
+        if not (self.headers.get("Range") or "").startswith("bytes=-"):
+            stalled.append(self.headers.get("Range"))
+            time.sleep(3.0)
+        return respond(self, body)
+
+    monkeypatch.setattr(httpserver.Handler, "respond", stalling)
+    url = http_server.add("/matlab.zip", make_zip())
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match=r"(?s)bytes \d+-\d+: no answer within 0\.3 s.*gave up .* after 2 attempts"):
+        fetch_zip_member(url, MEMBER, tmp_path / "m", retries=1, backoff_s=0.01, timeout_s=0.3)
+    assert time.monotonic() - t0 < 2.5  # two stalled reads, each cut at 0.3 s
+    assert len(stalled) == 2 and stalled[0] == stalled[1]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_range_probe_retried_after_500(http_server, tmp_path):
@@ -79,6 +149,13 @@ def test_range_probe_retried_after_500(http_server, tmp_path):
     rec = fetch_zip_member(url, MEMBER, tmp_path / "m", **FAST)
     check_result(rec, tmp_path / "m", "range")
     assert [r.status for r in http_server.requests][:3] == [500, 500, 206]
+
+
+def test_range_probe_retried_after_a_dropped_connection(http_server, tmp_path):
+    url = http_server.add("/matlab.zip", make_zip(), drop_after=100)
+    rec = fetch_zip_member(url, MEMBER, tmp_path / "m", **FAST)
+    check_result(rec, tmp_path / "m", "range")
+    assert [(r.range, r.sent) for r in http_server.requests][:2] == [(f"bytes=-{TAIL}", 100), (f"bytes=-{TAIL}", TAIL)]
 
 
 @pytest.mark.parametrize("global_off", [True, False])
@@ -93,6 +170,28 @@ def test_fallback_when_ranges_unsupported(http_server, tmp_path, global_off):
                            member_sha256=PAYLOAD_SUM, **FAST)
     check_result(rec, tmp_path / "m", "full")
     assert rec["archive_verified"] is True and rec["verified"] is True
+
+
+@pytest.mark.parametrize("odd", ["only_suffix_ranges", "short_answers", "416"])
+def test_fallback_when_later_ranges_go_wrong(http_server, tmp_path, monkeypatch, odd):
+    # the tail probe is answered as asked, the reads after it are not: a 200 with the whole archive
+    # (fsspec refuses it), a 206 shorter than asked (40000 bytes: the member's local header comes
+    # whole, its data short) or a 416; each time the whole archive is downloaded instead
+    parse = httpserver.parse_range
+
+    def odd_range(header, size):
+        got = parse(header, size)
+        if header.strip().startswith("bytes=-") or got in (None, "bad"):
+            return got
+        return {"only_suffix_ranges": None, "416": "bad"}.get(odd, (got[0], min(got[1], got[0] + 39_999)))
+
+    monkeypatch.setattr(httpserver, "parse_range", odd_range)
+    archive = make_zip(method=zipfile.ZIP_STORED)
+    url = http_server.add("/matlab.zip", archive)
+    rec = fetch_zip_member(url, MEMBER, tmp_path / "m", archive_sha256=sha(archive), member_sha256=PAYLOAD_SUM, **FAST)
+    check_result(rec, tmp_path / "m", "full")
+    assert rec["archive_verified"] is True
+    assert http_server.requests[-1].range is None and http_server.requests[-1].sent == len(archive)
 
 
 def test_fallback_checks_archive_sha256(http_server, tmp_path):
@@ -172,10 +271,39 @@ def test_corrupt_deflate_stream(http_server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unsupported_method(http_server, tmp_path):
-    url = http_server.add("/b.zip", make_zip(method=zipfile.ZIP_BZIP2))
-    with pytest.raises(ZipFormatError, match="compression method 12"):
+def test_bzip2_member_by_range(http_server, tmp_path):
+    archive = make_zip(method=zipfile.ZIP_BZIP2)
+    url = http_server.add("/b.zip", archive)
+    rec = fetch_zip_member(url, MEMBER, tmp_path / "m", member_sha256=PAYLOAD_SUM, **FAST)
+    check_result(rec, tmp_path / "m", "range")
+    assert http_server.bytes_sent() < len(archive) / 5
+
+
+def patch_member(archive: bytes, local_at: int, central_at: int, value: int) -> bytes:
+    """Set a 2-byte field of MEMBER's local header (offset local_at) and central record (central_at)."""
+    out = bytearray(archive)
+    local = zipfile.ZipFile(io.BytesIO(archive)).getinfo(MEMBER).header_offset
+    central = archive.rindex(b"PK\x01\x02", 0, archive.rindex(MEMBER.encode()))
+    for at in (local + local_at, central + central_at):
+        out[at:at + 2] = value.to_bytes(2, "little")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_unsupported_method(http_server, tmp_path, ranges):
+    archive = patch_member(make_zip(method=zipfile.ZIP_STORED), 8, 10, 98)  # 98: PPMd
+    url = http_server.add("/b.zip", archive, ranges=ranges)
+    with pytest.raises(ZipFormatError, match=r"matlab/emnist-letters.mat' in http://.*/b.zip uses compression method 98"):
         fetch_zip_member(url, MEMBER, tmp_path / "m", **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encrypted_member(http_server, tmp_path):
+    archive = patch_member(make_zip(method=zipfile.ZIP_STORED), 6, 8, 0x1)  # general purpose flag bit 0
+    url = http_server.add("/e.zip", archive)
+    with pytest.raises(ZipFormatError, match="encrypted"):
+        fetch_zip_member(url, MEMBER, tmp_path / "m", **FAST)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_404(http_server, tmp_path):

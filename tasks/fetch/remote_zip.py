@@ -1,14 +1,14 @@
 """Fetch one member of a (possibly huge, possibly remote) zip archive.
 
-Over http(s), when the server honours Range requests, only the archive's tail (End Of
-Central Directory, ZIP64 aware), its central directory and the member's own bytes are
-fetched: a few MB of NIST's ~700 MB matlab.zip instead of all of it. The archive sha256
-cannot be checked that way; the member's CRC-32 (from the central directory) always is,
-and `member_sha256` when given. Anything odd about the range answers falls back to a
-full download (archive sha256 verified) and a streamed extraction with `zipfile`.
+The standard library's `zipfile` reads the archive and checks the member's CRC-32; over http(s) it
+reads through fsspec's HTTP file, which fetches only the bytes asked for with Range requests: the
+archive's tail (End Of Central Directory, ZIP64 records, central directory) and the member's own
+bytes, a few MB of NIST's ~700 MB matlab.zip instead of all of it. The archive's sha256 cannot be
+checked that way; the member's CRC-32 always is, and `member_sha256` when given. A server that does
+not answer Range requests as asked falls back to a full download (archive sha256 verified).
 
-The member is always written to the caller's `dest` (never to a path taken from the
-archive: zip-slip safe), through `dest.name + ".part"` and an atomic rename.
+The member is always written to the caller's `dest` (never to a path taken from the archive: zip-slip
+safe), through a temp file beside it and an atomic rename (`tasks.core.io.atomic_file`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import difflib
 import hashlib
 import logging
 import os
-import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import NamedTuple
+from types import SimpleNamespace
 
+import aiohttp
 import requests
+from fsspec.implementations.http import HTTPFileSystem
 
+from tasks.core.io import atomic_file
 from tasks.fetch.download import (
     CHUNK, ChecksumError, DownloadError, NotFound, TransientError, check_status,
     content_range_start, download, local_path, progress_bar, sha256_file, with_retries,
@@ -33,11 +35,7 @@ from tasks.fetch.download import (
 log = logging.getLogger(__name__)
 
 TAIL = 22 + 65535 + 20 + 56  # EOCD + longest comment + ZIP64 locator + ZIP64 record
-EOCD = struct.Struct("<4s4H2LH")
-ZIP64_LOCATOR = struct.Struct("<4sLQL")
-ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
-CENTRAL = struct.Struct("<4s6H3L5H2L")
-LOCAL = struct.Struct("<4s5H3L2H")
+READAHEAD = 64 << 10  # fsspec's read-ahead past each read: a member's local header and name in one request
 
 
 class MemberNotFound(DownloadError):
@@ -52,355 +50,6 @@ class RangeUnusable(Exception):
     """Internal: range requests are not usable for this URL; fall back to a full download."""
 
 
-# ---------------------------------------------------------------- shared bits
-
-
-def missing_member(member: str, names: list[str], source: str) -> MemberNotFound:
-    close = difflib.get_close_matches(member, names, n=5)
-    shown = close or names[:8]
-    more = "" if len(shown) == len(names) else f" (of {len(names)})"
-    return MemberNotFound(f"{member!r} is not in the zip {source}; it has e.g. {shown}{more}")
-
-
-class MemberSink:
-    """Streams a member's uncompressed bytes into dest.part, with sha256 and CRC-32."""
-
-    def __init__(self, dest: Path):
-        self.part = dest.with_name(dest.name + ".part")
-        self.f = open(self.part, "wb")
-        self.hash = hashlib.sha256()
-        self.crc = 0
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.f.write(data)
-        self.hash.update(data)
-        self.crc = zlib.crc32(data, self.crc)
-        self.size += len(data)
-
-    def commit(self, dest: Path, member_sha256, source: str) -> dict:
-        self.close(fsync=True)
-        digest = self.hash.hexdigest()
-        if member_sha256 and digest != member_sha256.lower():
-            raise ChecksumError(f"sha256 mismatch for member of {source}: expected "
-                                f"{member_sha256.lower()}, got {digest}")
-        os.replace(self.part, dest)
-        return {"path": str(dest), "bytes": self.size, "sha256": digest, "crc32_ok": True,
-                "verified": bool(member_sha256)}
-
-    def close(self, fsync=False) -> None:
-        if not self.f.closed:
-            if fsync:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
-
-    def discard(self) -> None:
-        self.close()
-        self.part.unlink(missing_ok=True)
-
-
-def extract_with_zipfile(archive: Path, member: str, dest: Path, member_sha256, source: str) -> dict:
-    """Streamed extraction of one member with zipfile (it checks the CRC at the end)."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise ZipFormatError(f"not a readable zip: {source}: {exc}") from exc
-    with zf:
-        try:
-            info = zf.getinfo(member)
-        except KeyError:
-            raise missing_member(member, zf.namelist(), source) from None
-        sink = MemberSink(dest)
-        try:
-            with zf.open(info) as f:
-                while block := f.read(CHUNK):
-                    sink.write(block)
-            return sink.commit(dest, member_sha256, source)
-        except zipfile.BadZipFile as exc:
-            sink.discard()
-            if "CRC" in str(exc):
-                raise ChecksumError(f"CRC-32 mismatch for {member!r} in {source}") from exc
-            raise ZipFormatError(f"cannot extract {member!r} from {source}: {exc}") from exc
-        except (NotImplementedError, RuntimeError, zlib.error, EOFError) as exc:
-            sink.discard()
-            if isinstance(exc, DownloadError):
-                raise
-            raise ZipFormatError(f"cannot extract {member!r} from {source}: {exc}") from exc
-        except BaseException:
-            sink.discard()
-            raise
-
-
-# ---------------------------------------------------------------- range requests
-
-
-class RangeReader:
-    def __init__(self, url, *, retries, backoff_s, timeout_s):
-        self.url, self.retries, self.backoff_s, self.timeout_s = url, retries, backoff_s, timeout_s
-        self.session = requests.Session()
-        self.size = None
-        self.fetched = 0
-
-    def open(self, header: str, want_start: int | None):
-        """GET with a Range header; the response must be a 206 starting at want_start."""
-        resp = self.session.get(self.url, headers={"Range": header, "Accept-Encoding": "identity"},
-                                stream=True, timeout=self.timeout_s)
-        try:
-            if resp.status_code == 416:
-                raise RangeUnusable(f"416 for {header}")
-            check_status(resp, self.url)
-            if resp.status_code != 206:
-                raise RangeUnusable(f"answered {resp.status_code} to {header}")
-            try:
-                start, total = content_range_start(resp)
-            except TransientError as exc:
-                raise RangeUnusable(str(exc)) from None
-            if total is None or (want_start is not None and start != want_start):
-                raise RangeUnusable(f"Content-Range {resp.headers['Content-Range']!r} for {header}")
-            if self.size is not None and total != self.size:
-                raise RangeUnusable(f"archive size changed from {self.size} to {total}")
-            self.size = total
-            return resp, start
-        except BaseException:
-            resp.close()
-            raise
-
-    def read_once(self, header, want_start):
-        resp, start = self.open(header, want_start)
-        with resp:
-            data = resp.raw.read(decode_content=False)
-        length = int(resp.headers.get("Content-Length", len(data)))
-        if len(data) < length:
-            raise TransientError(f"connection dropped after {len(data)} of {length} bytes from {self.url}")
-        self.fetched += len(data)
-        return start, data
-
-    def read(self, header: str, want_start: int | None = None) -> tuple[int, bytes]:
-        """(start, bytes) of one small range, with retries."""
-        return with_retries(lambda: self.read_once(header, want_start), retries=self.retries,
-                            backoff_s=self.backoff_s, what=f"GET {self.url} Range {header}")
-
-    def read_at(self, start: int, end: int, tail: tuple[int, bytes]) -> bytes:
-        """Bytes [start, end) from the cached tail when it covers them, else a range request."""
-        t0, tdata = tail
-        if start >= t0 and end <= t0 + len(tdata):
-            return tdata[start - t0:end - t0]
-        if start < 0 or end > self.size or end <= start:
-            raise RangeUnusable(f"bad range {start}-{end} for a {self.size}-byte archive")
-        _, data = self.read(f"bytes={start}-{end - 1}", start)
-        if len(data) != end - start:
-            raise RangeUnusable(f"asked {end - start} bytes at {start}, got {len(data)}")
-        return data
-
-    def stream(self, start: int, end: int, consume) -> None:
-        """Feed bytes [start, end) to consume(); resumes from where a dropped connection stopped."""
-        pos = [start]
-
-        def once():
-            resp, _ = self.open(f"bytes={pos[0]}-{end - 1}", pos[0])
-            with resp:
-                for block in resp.raw.stream(CHUNK, decode_content=False):
-                    block = block[: end - pos[0]]
-                    pos[0] += len(block)
-                    self.fetched += len(block)
-                    if consume(block) or pos[0] >= end:
-                        return
-            if pos[0] < end:
-                raise TransientError(f"connection dropped at byte {pos[0]} of {self.url}")
-
-        with_retries(once, retries=self.retries, backoff_s=self.backoff_s, what=f"GET {self.url} (member)")
-
-
-def find_eocd(tail: bytes) -> int:
-    """Offset in `tail` of the End Of Central Directory whose comment reaches the end."""
-    pos = len(tail)
-    while (pos := tail.rfind(b"PK\x05\x06", 0, pos)) >= 0:
-        if pos + EOCD.size <= len(tail):
-            comment_len = EOCD.unpack_from(tail, pos)[-1]
-            if pos + EOCD.size + comment_len == len(tail):
-                return pos
-    raise RangeUnusable("no End Of Central Directory record in the archive tail")
-
-
-def read_directory_location(reader: RangeReader, tail) -> tuple[int, int, int]:
-    """(cd_start, cd_size, base): absolute start and size of the central directory, and
-    the number of bytes prepended to the archive (offsets in the zip are relative to it)."""
-    t0, tdata = tail
-    pos = find_eocd(tdata)
-    _, disk, cd_disk, _, entries, cd_size, cd_offset, _ = EOCD.unpack_from(tdata, pos)
-    eocd_at = t0 + pos
-    directory_end = eocd_at
-    loc = pos - ZIP64_LOCATOR.size
-    if loc >= 0 and tdata[loc:loc + 4] == b"PK\x06\x07":
-        _, _, rec_at, _ = ZIP64_LOCATOR.unpack_from(tdata, loc)
-        # like zipfile, trust the record's position just before the locator (handles prepended data)
-        rec_at_actual = eocd_at - ZIP64_LOCATOR.size - ZIP64_EOCD.size
-        record = reader.read_at(rec_at_actual, rec_at_actual + ZIP64_EOCD.size, tail)
-        sig, _, _, _, disk, cd_disk, _, entries, cd_size, cd_offset = ZIP64_EOCD.unpack(record)
-        if sig != b"PK\x06\x06":
-            raise RangeUnusable(f"bad ZIP64 end record signature (locator says {rec_at})")
-        directory_end = rec_at_actual
-    elif 0xFFFFFFFF in (cd_size, cd_offset) or entries == 0xFFFF:
-        raise RangeUnusable("ZIP64 sizes without a ZIP64 locator")
-    if disk or cd_disk:
-        raise RangeUnusable("multi-disk archive")
-    cd_start = directory_end - cd_size
-    base = cd_start - cd_offset
-    if cd_start < 0 or base < 0:
-        raise RangeUnusable("central directory offsets do not add up")
-    return cd_start, cd_size, base
-
-
-def zip64_extra(extra: bytes, usize, csize, offset):
-    """Apply a ZIP64 extended-information extra field (id 1) to the 32-bit placeholders."""
-    i = 0
-    while i + 4 <= len(extra):
-        tag, n = struct.unpack_from("<HH", extra, i)
-        if tag == 1:
-            body, j = extra[i + 4:i + 4 + n], 0
-            vals = []
-            for v in (usize, csize, offset):
-                if v == 0xFFFFFFFF:
-                    if j + 8 > len(body):
-                        raise RangeUnusable("short ZIP64 extra field")
-                    v = struct.unpack_from("<Q", body, j)[0]
-                    j += 8
-                vals.append(v)
-            return tuple(vals)
-        i += 4 + n
-    return usize, csize, offset
-
-
-class Entry(NamedTuple):
-    name: str
-    raw_name: bytes
-    flags: int
-    method: int
-    crc: int
-    csize: int
-    usize: int
-    offset: int
-
-
-def parse_directory(cd: bytes):
-    """Yield an Entry for each central directory record."""
-    i = 0
-    while i < len(cd):
-        if cd[i:i + 4] != b"PK\x01\x02" or i + CENTRAL.size > len(cd):
-            raise RangeUnusable(f"bad central directory entry at {i}")
-        (_, _, _, flags, method, _, _, crc, csize, usize,
-         nlen, elen, clen, _, _, _, offset) = CENTRAL.unpack_from(cd, i)
-        raw = cd[i + CENTRAL.size:i + CENTRAL.size + nlen]
-        extra = cd[i + CENTRAL.size + nlen:i + CENTRAL.size + nlen + elen]
-        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
-        usize, csize, offset = zip64_extra(extra, usize, csize, offset)
-        yield Entry(name, raw, flags, method, crc, csize, usize, offset)
-        i += CENTRAL.size + nlen + elen + clen
-
-
-class MemberStream:
-    """Consumes local header + compressed data, inflating into a MemberSink."""
-
-    def __init__(self, entry: "Entry", sink: MemberSink, bar):
-        self.entry, self.sink, self.bar = entry, sink, bar
-        self.name = entry.name
-        self.header = b""
-        self.header_len = None  # known once the fixed part of the local header is in
-        self.left = entry.csize
-        self.inflate = zlib.decompressobj(-15) if entry.method == zipfile.ZIP_DEFLATED else None
-
-    def __call__(self, block: bytes) -> bool:
-        """Returns True once the member's compressed data has all been seen."""
-        if self.header_len is None or len(self.header) < self.header_len:
-            block = self.read_header(block)
-            if block is None:
-                return False
-        data = block[: self.left]
-        self.left -= len(data)
-        self.bar.update(len(data))
-        self.write(data)
-        return self.left == 0
-
-    def read_header(self, block: bytes) -> bytes | None:
-        """Buffers the local header; returns what follows it once complete."""
-        self.header += block
-        if self.header_len is None and len(self.header) >= LOCAL.size:
-            sig, *_, nlen, elen = LOCAL.unpack_from(self.header)
-            if sig != b"PK\x03\x04":
-                raise RangeUnusable("bad local header signature")
-            self.header_len = LOCAL.size + nlen + elen
-        if self.header_len is None or len(self.header) < self.header_len:
-            return None
-        nlen = LOCAL.unpack_from(self.header)[-2]
-        if self.header[LOCAL.size:LOCAL.size + nlen] != self.entry.raw_name:
-            raise RangeUnusable(f"local header name differs from the central directory's {self.name!r}")
-        rest, self.header = self.header[self.header_len:], self.header[:self.header_len]
-        return rest
-
-    def write(self, data: bytes) -> None:
-        if self.inflate is None:
-            self.sink.write(data)
-            return
-        try:
-            out = self.inflate.decompress(data, CHUNK)
-            self.sink.write(out)
-            while not self.inflate.eof and (self.inflate.unconsumed_tail or len(out) == CHUNK):
-                out = self.inflate.decompress(self.inflate.unconsumed_tail, CHUNK)  # bounded memory
-                self.sink.write(out)
-        except zlib.error as exc:
-            raise ZipFormatError(f"corrupt deflate data for {self.name!r}: {exc}") from exc
-
-    def finish(self, source: str) -> None:
-        if self.inflate is not None:
-            self.sink.write(self.inflate.flush())
-            if not self.inflate.eof:
-                raise ZipFormatError(f"deflate data for {self.name!r} in {source} ends early")
-
-
-def fetch_by_range(url, member, dest: Path, member_sha256, *, retries, backoff_s, timeout_s, progress) -> dict:
-    reader = RangeReader(url, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s)
-    with reader.session:
-        tail = reader.read(f"bytes=-{TAIL}")
-        cd_start, cd_size, base = read_directory_location(reader, tail)
-        cd = reader.read_at(cd_start, cd_start + cd_size, tail) if cd_size else b""
-        entries = list(parse_directory(cd))
-        found = [e for e in entries if e.name == member]
-        if not found:
-            raise missing_member(member, [e.name for e in entries], url)
-        entry = found[-1]  # like zipfile: a later duplicate wins
-        if entry.flags & 0x1:
-            raise ZipFormatError(f"{member!r} in {url} is encrypted")
-        if entry.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ZipFormatError(f"{member!r} in {url} uses compression method {entry.method}; "
-                                 "only stored (0) and deflate (8) are supported")
-        start = base + entry.offset
-        # the member ends where the next one (or the central directory) begins
-        end = min([base + e.offset for e in entries if base + e.offset > start] + [cd_start])
-        if end - start < LOCAL.size + entry.csize:
-            raise RangeUnusable(f"member {member!r} does not fit between {start} and {end}")
-        sink = MemberSink(dest)
-        try:
-            with progress_bar(progress, entry.csize, dest.name) as bar:
-                stream = MemberStream(entry, sink, bar)
-                reader.stream(start, end, stream)
-                if stream.left:
-                    raise RangeUnusable(f"member data for {member!r} ended {stream.left} bytes early")
-                stream.finish(url)
-            if sink.size != entry.usize:
-                raise ZipFormatError(f"{member!r} in {url}: inflated to {sink.size} bytes, "
-                                     f"central directory says {entry.usize}")
-            if sink.crc != entry.crc:
-                raise ChecksumError(f"CRC-32 mismatch for {member!r} in {url}: expected "
-                                    f"{entry.crc:08x}, got {sink.crc:08x}")
-            record = sink.commit(dest, member_sha256, url)
-        except BaseException:
-            sink.discard()
-            raise
-    log.info("fetched %r from %s with range requests: %d of %d bytes", member, url, reader.fetched, reader.size)
-    return {**record, "fetched_bytes": reader.fetched, "archive_bytes": reader.size}
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -409,8 +58,8 @@ def fetch_zip_member(url, member, dest, *, archive_sha256=None, member_sha256=No
     """Write zip member `member` of the archive at `url` (http(s), file:// or path) to `dest`.
 
     Returns {"url", "member", "path", "bytes", "sha256", "crc32_ok", "verified",
-    "archive_verified", "method": "range" | "full" | "local"}; `verified` means
-    `member_sha256` was given and matched.
+    "archive_verified", "method": "range" | "full" | "local"} (and, for "range", "fetched_bytes" and
+    "archive_bytes"); `verified` means `member_sha256` was given and matched.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -424,7 +73,8 @@ def fetch_zip_member(url, member, dest, *, archive_sha256=None, member_sha256=No
             actual = sha256_file(src)
             if actual != archive_sha256.lower():
                 raise ChecksumError(f"sha256 mismatch for {source}: expected {archive_sha256.lower()}, got {actual}")
-        record = extract_with_zipfile(src, member, dest, member_sha256, source)
+        with open_zip(src, source) as zf:
+            record = write_member(zf, member, dest, member_sha256, source, progress)
         return {**head, **record, "archive_verified": bool(archive_sha256), "method": "local"}
     opts = dict(retries=retries, backoff_s=backoff_s, timeout_s=timeout_s)
     try:
@@ -435,10 +85,198 @@ def fetch_zip_member(url, member, dest, *, archive_sha256=None, member_sha256=No
     archive = dest.with_name(dest.name + ".archive.zip")
     try:
         got = download(source, archive, sha256=archive_sha256, expect="zip", progress=progress, **opts)
-        record = extract_with_zipfile(archive, member, dest, member_sha256, source)
+        with open_zip(archive, source) as zf:
+            record = write_member(zf, member, dest, member_sha256, source, progress)
     finally:
         archive.unlink(missing_ok=True)
     return {**head, **record, "archive_verified": got["verified"], "method": "full"}
+
+
+# ---------------------------------------------------------------- the member, from any zip
+
+
+def open_zip(file, source: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(file)
+    except zipfile.BadZipFile as exc:
+        raise ZipFormatError(f"not a readable zip: {source}: {exc}") from exc
+
+
+def missing_member(member: str, names: list[str], source: str) -> MemberNotFound:
+    close = difflib.get_close_matches(member, names, n=5)
+    shown = close or names[:8]
+    more = "" if len(shown) == len(names) else f" (of {len(names)})"
+    return MemberNotFound(f"{member!r} is not in the zip {source}; it has e.g. {shown}{more}")
+
+
+def write_member(zf: zipfile.ZipFile, member: str, dest: Path, member_sha256, source: str, progress,
+                 *, ranged: bool = False) -> dict:
+    """Stream `member` of `zf` into `dest` atomically; zipfile checks the CRC-32 at the end, this the
+    sha256. `ranged`: a bad local header means the range answers were wrong (RangeUnusable)."""
+    try:
+        info = zf.getinfo(member)  # a later duplicate wins
+    except KeyError:
+        raise missing_member(member, zf.namelist(), source) from None
+    what = f"{member!r} in {source}"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with atomic_file(dest) as out, progress_bar(progress, info.file_size, dest.name) as bar:
+            try:
+                stream = zf.open(info)
+            except zipfile.BadZipFile as exc:  # the local header disagrees with the central directory
+                if ranged:
+                    raise RangeUnusable(f"local header of {member!r}: {exc}") from exc
+                raise ZipFormatError(f"cannot extract {what}: {exc}") from exc
+            with stream:
+                while block := stream.read(CHUNK):
+                    out.write(block)
+                    digest.update(block)
+                    size += len(block)
+                    bar.update(len(block))
+            if member_sha256 and digest.hexdigest() != member_sha256.lower():
+                raise ChecksumError(f"sha256 mismatch for {what}: expected {member_sha256.lower()}, "
+                                    f"got {digest.hexdigest()}")
+            out.flush()
+            os.fsync(out.fileno())
+    except (DownloadError, RangeUnusable):
+        raise
+    except zipfile.BadZipFile as exc:
+        if "CRC" in str(exc):
+            raise ChecksumError(f"CRC-32 mismatch for {what}: the central directory says "
+                                f"{info.CRC:08x}") from exc
+        raise ZipFormatError(f"cannot extract {what}: {exc}") from exc
+    except NotImplementedError as exc:
+        name = zipfile.compressor_names.get(info.compress_type, "unknown")
+        raise ZipFormatError(f"{what} uses compression method {info.compress_type} ({name}), which "
+                             f"zipfile cannot read: {exc}") from exc
+    except RuntimeError as exc:  # zipfile's "password required"
+        if not info.flag_bits & 0x1:
+            raise
+        raise ZipFormatError(f"{what} is encrypted; an unencrypted member was expected") from exc
+    except (zlib.error, EOFError) as exc:
+        raise ZipFormatError(f"cannot extract {what}: {exc}") from exc
+    return {"path": str(dest), "bytes": size, "sha256": digest.hexdigest(), "crc32_ok": True,
+            "verified": bool(member_sha256)}
+
+
+# ---------------------------------------------------------------- range requests
+
+
+def fetch_by_range(url, member, dest: Path, member_sha256, *, retries, backoff_s, timeout_s, progress) -> dict:
+    """The member through zipfile over fsspec's HTTP file; RangeUnusable when the server is odd."""
+    size, tail_start, tail = probe_tail(url, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s)
+    fs = HTTPFileSystem(skip_instance_cache=True, headers={"Accept-Encoding": "identity"}, client_kwargs={
+        "timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
+        "auto_decompress": False, "trust_env": True})  # proxies from the environment, as requests does
+    with fs.open(url, "rb", size=size, block_size=READAHEAD, cache_type="readahead") as remote:
+        view = RemoteArchive(remote, url, tail_start, tail, retries=retries, backoff_s=backoff_s,
+                             timeout_s=timeout_s)
+        try:
+            zf = zipfile.ZipFile(view)
+        except zipfile.BadZipFile as exc:
+            raise RangeUnusable(f"no readable central directory in the range answers: {exc}") from exc
+        with zf:
+            record = write_member(zf, member, dest, member_sha256, url, progress, ranged=True)
+        fetched = len(tail) + remote.cache.total_requested_bytes
+    log.info("fetched %r from %s with range requests: %d of %d bytes", member, url, fetched, size)
+    return {**record, "fetched_bytes": fetched, "archive_bytes": size}
+
+
+def probe_tail(url, *, retries, backoff_s, timeout_s) -> tuple[int, int, bytes]:
+    """(archive size, start of the tail, tail bytes) from one suffix Range GET, retried.
+
+    Hand-written because fsspec's own size probe (HEAD, then GET) turns every failure, a 500
+    included, into FileNotFoundError, cannot tell whether Range is honoured, and would cost a
+    request more: this one answers all three, with download.py's status rules (404 NotFound,
+    5xx/429 retried, other 4xx raised), and its bytes serve zipfile's reads of the directory.
+    """
+    header = f"bytes=-{TAIL}"
+
+    def once():
+        with requests.get(url, headers={"Range": header, "Accept-Encoding": "identity"}, stream=True,
+                          timeout=timeout_s) as resp:
+            if resp.status_code == 416:
+                raise RangeUnusable(f"416 to {header}")
+            check_status(resp, url)
+            if resp.status_code != 206:
+                raise RangeUnusable(f"answered {resp.status_code} to {header}")
+            try:
+                start, total = content_range_start(resp)
+            except TransientError as exc:
+                raise RangeUnusable(str(exc)) from None
+            if total is None:
+                raise RangeUnusable(f"Content-Range {resp.headers['Content-Range']!r} gives no size")
+            data = resp.raw.read(decode_content=False)  # urllib3 raises (retried) if cut short of Content-Length
+        if len(data) != total - start or len(data) > TAIL:
+            raise RangeUnusable(f"asked for the last {TAIL} bytes of {total}, got {len(data)} from byte {start}")
+        return total, start, data
+
+    return with_retries(once, retries=retries, backoff_s=backoff_s, what=f"GET {url} Range {header}")
+
+
+class RemoteArchive:
+    """The remote archive as zipfile reads it (seek, tell, read) over fsspec's HTTP file.
+
+    Hand-written for what fsspec's file lacks: the probe's tail is served from memory (zipfile's
+    directory reads cost no request); each read is retried with the `download` settings' backoff
+    (fsspec raises at the first dropped connection; a retry fetches the block again whole); aiohttp's
+    errors become download.py's; and a server that stops honouring Range, or answers short, raises
+    RangeUnusable instead of handing zipfile wrong bytes.
+    """
+
+    def __init__(self, remote, url: str, tail_start: int, tail: bytes, *, retries: int, backoff_s: float,
+                 timeout_s: float):
+        self.remote, self.url, self.tail_start, self.tail = remote, url, tail_start, tail
+        self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
+        self.size = remote.size
+        self.pos = 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = (0, self.pos, self.size)[whence] + offset
+        if pos < 0:
+            raise OSError(f"seek to {pos} before the start of {self.url}")
+        self.pos = pos
+        return pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        pos = self.pos
+        want = max(0, self.size - pos if n is None or n < 0 else min(n, self.size - pos))
+        if not want:
+            return b""
+        ahead = min(want, max(0, self.tail_start - pos))  # the bytes before the tail: fetched
+        data = b""
+        if ahead:
+            data = with_retries(lambda: self.fetch(pos, ahead), retries=self.retries, backoff_s=self.backoff_s,
+                                what=f"GET {self.url} bytes {pos}-{pos + ahead - 1}")
+        if ahead < want:
+            at = pos + ahead - self.tail_start
+            data += self.tail[at:at + want - ahead]
+        self.pos += len(data)
+        return data
+
+    def fetch(self, pos: int, want: int) -> bytes:
+        what = f"GET {self.url} bytes {pos}-{pos + want - 1}"
+        try:
+            self.remote.seek(pos)
+            data = self.remote.read(want)
+        except aiohttp.ClientResponseError as exc:  # raise_for_status: the status as download.py maps it
+            check_status(SimpleNamespace(status_code=exc.status, reason=exc.message), self.url)
+            raise
+        except aiohttp.ClientError as exc:  # dropped connection, short body, refused
+            raise TransientError(f"{what}: {exc!r}") from exc
+        except TimeoutError as exc:  # aiohttp's sock_connect / sock_read
+            raise TransientError(f"{what}: no answer within {self.timeout_s} s") from exc
+        except ValueError as exc:  # fsspec refuses a 200 with the whole file: Range ignored
+            raise RangeUnusable(f"answer to bytes {pos}-{pos + want - 1} refused by fsspec: {exc}") from exc
+        if len(data) != want:  # 416 (fsspec returns b"") or a short 206
+            raise RangeUnusable(f"asked for {want} bytes at {pos}, got {len(data)}")
+        return data
 
 
 __all__ = ["fetch_zip_member", "MemberNotFound", "ZipFormatError"]
