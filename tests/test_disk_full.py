@@ -35,11 +35,11 @@ def sha256(path: Path) -> str:
 
 
 def fingerprint(root: Path) -> dict:
-    """sha256 of the model, its TFLite files and labels, and of every file of current/."""
+    """sha256 of the model, and of every file of tflite/ (each format's .tflite, labels.txt) and current/."""
     models = root / "models" / KEY
-    prints = {name: sha256(models / name) for name in ("model.keras", "model_float32.tflite",
-                                                       "model_int8.tflite", "labels.txt")}
-    prints.update({f"current/{p.name}": sha256(p) for p in sorted((models / "current").iterdir())})
+    prints = {"model.keras": sha256(models / "model.keras")}
+    for folder in ("tflite", "current"):
+        prints.update({f"{folder}/{p.name}": sha256(p) for p in sorted((models / folder).iterdir())})
     return prints
 
 
@@ -68,8 +68,9 @@ def project(tmp_path_factory):
     with contextlib.chdir(root):
         assert main(["export", KEY]) == 0
     assert (root / "models" / KEY / "model.keras").stat().st_size > 4 * LIMIT
-    assert (root / "models" / KEY / "model_int8.tflite").stat().st_size < LIMIT < \
-        (root / "models" / KEY / "model_float32.tflite").stat().st_size
+    assert (root / "models" / KEY / "tflite" / "model_int8.tflite").stat().st_size < LIMIT < \
+        (root / "models" / KEY / "tflite" / "model_float32.tflite").stat().st_size
+    assert len(fingerprint(root)) == 1 + 5 + 6  # model.keras; 4 formats + labels.txt; the same + metrics.json
     return root
 
 
@@ -80,7 +81,7 @@ def file_size_limit(limit: int):
     return preexec
 
 
-@pytest.mark.parametrize("command, written", [("export", "model_float32.tflite"), ("train", "model.keras")])
+@pytest.mark.parametrize("command, written", [("export", "tflite/model_float32.tflite"), ("train", "model.keras")])
 def test_a_write_past_the_file_size_limit_is_one_line_and_keeps_the_previous_model(project, command, written):
     before = fingerprint(project)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -97,7 +98,8 @@ def test_a_write_past_the_file_size_limit_is_one_line_and_keeps_the_previous_mod
     assert "the disk is full or the file-size limit (`ulimit -f`) is reached" in lines[-1]
 
     assert fingerprint(project) == before  # model.keras, the TFLite files, current/: as they were
-    for folder in (project / "models", project / "models" / KEY, project / "models" / KEY / "current"):
+    for folder in (project / "models", project / "models" / KEY, project / "models" / KEY / "tflite",
+                   project / "models" / KEY / "current"):
         assert leftovers(folder) == [], folder
 
 

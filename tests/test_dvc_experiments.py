@@ -313,6 +313,9 @@ def test_queued_sweep_gives_one_experiment_per_value_and_apply_restores_one(repo
     metrics = [found[n]["metrics"]["reports/a/scores.json"]["data"] for n in names]
     assert metrics[0] != metrics[1] and set(metrics[0]) == {"accuracy", "int8_accuracy", "int8_agreement",
                                                              "float32_kb", "int8_kb", "int8_latency_ms",
+                                                             *(f"{kind}_{column}" for kind in ("float16", "dynamic")
+                                                               for column in ("accuracy", "agreement", "kb",
+                                                                              "latency_ms")),
                                                              "train_s", "epochs", "blessed"}
     # the queued runs happened elsewhere: the workspace is still the commit
     assert workspace_params(repo)["models"]["a"]["epochs"] == 1

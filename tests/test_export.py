@@ -1,4 +1,6 @@
-"""TFLite export: int8 really is int8, parity really compares, labels sidecar, predict."""
+"""TFLite export: every format of export.formats (float32, float16, dynamic, int8) in models/<key>/tflite/,
+int8 really is int8, float16 and dynamic really are what they say, parity really compares, labels sidecar,
+the blessed set of formats in current/, predict."""
 import json
 
 import keras
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.evaluate.export import export, make_interpreter, parity, promote, run_tflite
+from tasks.evaluate.export import FORMATS, export, formats, make_interpreter, parity, promote, run_tflite, tflite_path
 from tasks.cnn.models import build
 from tasks.evaluate.predict import predict
 from tasks.records.shards import write_dataset
@@ -43,9 +45,13 @@ def exported(tmp_path_factory):
     return tmp, result, test, keras_pred
 
 
+def tflite(tmp, kind):
+    return tflite_path(tmp / "models" / "tflite", kind)
+
+
 def test_int8_model_really_is_int8(exported):
     tmp, result, _, _ = exported
-    interp = make_interpreter(tmp / "models" / "model_int8.tflite")
+    interp = make_interpreter(tflite(tmp, "int8"))
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8  # what MediaPipe and apps feed
@@ -55,6 +61,32 @@ def test_int8_model_really_is_int8(exported):
     assert result["int8"]["bytes"] < 0.35 * result["float32"]["bytes"]
 
 
+def test_float16_and_dynamic_are_what_they_say(exported):
+    """float16: float16 weights, float32 maths and the float32 model's input and output; dynamic: int8
+    weights, float32 input and output; each about half and a quarter of float32's bytes."""
+    tmp, result, _, _ = exported
+    reference = make_interpreter(tflite(tmp, "float32"))
+    reference.allocate_tensors()
+    for kind, weights, share in (("float16", np.float16, 0.6), ("dynamic", np.int8, 0.35)):
+        interp = make_interpreter(tflite(tmp, kind))
+        interp.allocate_tensors()
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        assert (inp["dtype"], out["dtype"]) == (reference.get_input_details()[0]["dtype"], np.float32), kind
+        kinds = {t["dtype"] for t in interp.get_tensor_details()}
+        assert weights in kinds and np.float32 in kinds, (kind, kinds)
+        assert (np.int8 in kinds) == (kind == "dynamic") and (np.float16 in kinds) == (kind == "float16")
+        assert result[kind]["bytes"] < share * result["float32"]["bytes"], kind
+        assert result[kind]["agreement"] >= 0.9, kind
+
+
+def test_export_formats_are_checked_before_any_work():
+    assert formats({}) == list(FORMATS) == ["float32", "float16", "dynamic", "int8"]
+    assert formats({"formats": ["int8", "float16"]}) == ["float16", "int8"]  # metrics.json's order: FORMATS'
+    for bad, says in (([], "non-empty list"), (["fp16"], "no format 'fp16'"), ("int8", "non-empty list")):
+        with pytest.raises(ValueError, match=f"export.formats: .*{says}"):
+            formats({"formats": bad})
+
+
 def test_parity_and_metrics_merge(exported):
     tmp, result, (images, labels), keras_pred = exported
     assert result["float32"]["agreement"] == 1.0
@@ -62,14 +94,22 @@ def test_parity_and_metrics_merge(exported):
     assert result["float32"]["accuracy"] == pytest.approx(np.mean(keras_pred == labels))
     assert result["float32"]["latency_ms"] > 0
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
-    assert metrics["accuracy"] == 0.9 and set(metrics["tflite"]) == {"float32", "int8"}
+    assert metrics["accuracy"] == 0.9 and list(metrics["tflite"]) == list(FORMATS) == result["formats"]
+    for kind in FORMATS:  # every format's parity, on the same split
+        assert set(metrics["tflite"][kind]) == {"accuracy", "agreement", "bytes", "bytes_without_metadata",
+                                                "latency_ms"}
+        assert metrics["tflite"][kind]["bytes"] == tflite(tmp, kind).stat().st_size
     assert set(metrics["tflite"]["int8"]) == {"accuracy", "agreement", "bytes", "bytes_without_metadata",
                                               "latency_ms"}
     assert 0 < metrics["tflite"]["int8"]["bytes"] - metrics["tflite"]["int8"]["bytes_without_metadata"] < 4096
     assert "tflite" not in json.loads((tmp / "reports" / "evaluation.json").read_text())
-    assert result["current"] and (tmp / "current" / "model_int8.tflite").exists()
+    assert result["current"] and sorted(p.name for p in (tmp / "current").iterdir()) == sorted(
+        ["labels.txt", "metrics.json", *(f"model_{k}.tflite" for k in FORMATS)])  # the blessed set
+    for kind in FORMATS:
+        assert tflite_path(tmp / "current", kind).read_bytes() == tflite(tmp, kind).read_bytes()
     assert json.loads((tmp / "current" / "metrics.json").read_text())["tflite"] == metrics["tflite"]
-    assert (tmp / "models" / "labels.txt").read_text().splitlines() == NAMES
+    assert (tmp / "models" / "tflite" / "labels.txt").read_text().splitlines() == NAMES
+    assert sorted(p.name for p in (tmp / "models").iterdir()) == ["tflite", "tflite.json"]  # no temp left
 
 
 def test_parity_really_compares(exported):
@@ -77,7 +117,7 @@ def test_parity_really_compares(exported):
     keras.utils.set_random_seed(7)
     other = build("reference_cnn", 4, seed=7).predict(images[..., None], verbose=0).argmax(axis=1)
     assert not np.array_equal(other, keras_pred)
-    p = parity(tmp / "models" / "model_float32.tflite", images[..., None], labels, other,
+    p = parity(tflite(tmp, "float32"), images[..., None], labels, other,
                {"batch_size": 16, "num_threads": 1, "latency_runs": 3})
     assert p["agreement"] == pytest.approx(np.mean(other == keras_pred)) and p["agreement"] < 1
 
@@ -103,8 +143,8 @@ def test_predict_reads_labels_and_converts_images(exported, tmp_path):
         big = Image.fromarray(images[i]).resize((56, 56), Image.Resampling.NEAREST).convert("RGB")
         big.save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    for kind in ("float32", "int8"):
-        model = tmp / "models" / f"model_{kind}.tflite"
+    for kind in FORMATS:
+        model = tflite(tmp, kind)
         out = predict(model, paths, top_k=3)
         direct = run_tflite(model, images[:3, ..., None]).argmax(axis=1)
         assert [r["top"][0]["label"] for r in out] == [NAMES[i] for i in direct]
@@ -117,7 +157,31 @@ def test_predict_reads_labels_from_the_model_without_a_sidecar(exported, tmp_pat
     tmp, _, (images, _), _ = exported
     Image.fromarray(images[0]).save(tmp_path / "0.png")
     lone = tmp_path / "model_int8.tflite"  # no labels.txt beside it: the metadata's labels are used
-    lone.write_bytes((tmp / "models" / "model_int8.tflite").read_bytes())
+    lone.write_bytes(tflite(tmp, "int8").read_bytes())
     assert predict(lone, [tmp_path / "0.png"])[0]["top"][0]["label"] in NAMES
     (tmp_path / "labels.txt").write_text("w\nx\ny\nz\n")  # a sidecar wins over the metadata
     assert predict(lone, [tmp_path / "0.png"])[0]["top"][0]["label"] in list("wxyz")
+
+
+def test_a_format_dropped_from_export_formats_leaves_tflite_and_current(exported, tmp_path):
+    """export.formats [dynamic] over a folder that held all four: tflite/ and the blessed current/ then hold
+    the dynamic model and labels.txt only (what DVC records as the folder outputs), metrics.json its parity."""
+    import shutil
+
+    tmp, _, (images, labels), _ = exported
+    shutil.copytree(tmp / "models", tmp_path / "models")
+    shutil.copytree(tmp / "current", tmp_path / "current")
+    (tmp_path / "reports").mkdir()
+    shutil.copy(tmp / "reports" / "evaluation.json", tmp_path / "reports" / "evaluation.json")
+    result = export(tmp / "model.keras", tmp / "data", tmp_path / "models", {"formats": ["dynamic"], "latency_runs": 2},
+                    metrics_path=tmp_path / "reports" / "evaluation.json",
+                    metrics_out=tmp_path / "reports" / "metrics.json", current_dir=tmp_path / "current")
+    assert result["formats"] == ["dynamic"] and "float32" not in result and "int8_size_ratio" not in result
+    assert sorted(p.name for p in (tmp_path / "models" / "tflite").iterdir()) == ["labels.txt", "model_dynamic.tflite"]
+    assert sorted(p.name for p in (tmp_path / "current").iterdir()) == ["labels.txt", "metrics.json",
+                                                                        "model_dynamic.tflite"]
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert list(metrics["tflite"]) == ["dynamic"]
+    assert metrics["tflite"]["dynamic"]["accuracy"] == pytest.approx(
+        np.mean(run_tflite(tmp_path / "models" / "tflite" / "model_dynamic.tflite", images[..., None]).argmax(1)
+                == labels))

@@ -102,10 +102,12 @@ def test_photo_pipeline_flow_end_to_end(tmp_path, http_server, prefect_harness):
     assert [h["phase"] for h in history] == ["head"] * 3 + ["fine_tune"]
     metrics = json.loads((root / "reports/shapes_ours/metrics.json").read_text())
     assert metrics["tflite"]["float32"]["agreement"] >= 0.99
-    assert set(metrics["tflite"]) == {"float32", "int8"}
-    assert (root / "models/shapes_ours/model_int8.tflite").stat().st_size < \
-        (root / "models/shapes_ours/model_float32.tflite").stat().st_size
-    assert (root / "models/shapes_ours/labels.txt").read_text().split() == ["blue", "green", "red"]
+    assert list(metrics["tflite"]) == ["float32", "float16", "dynamic", "int8"]  # export.formats' default
+    tflite = root / "models/shapes_ours/tflite"  # one DVC output: each format of export.formats, labels.txt
+    assert sorted(p.name for p in tflite.iterdir()) == ["labels.txt", "model_dynamic.tflite", "model_float16.tflite",
+                                                        "model_float32.tflite", "model_int8.tflite"]
+    assert (tflite / "model_int8.tflite").stat().st_size < (tflite / "model_float32.tflite").stat().st_size
+    assert (tflite / "labels.txt").read_text().split() == ["blue", "green", "red"]
     assert "shapes_ours" in (root / "reports/README.md").read_text()
     # scored on the test split carved from train/, which nothing picked; validation (valid/) only picked epochs
     manifest = json.loads((root / "data/processed/shapes/manifest.json").read_text())

@@ -75,7 +75,8 @@ def test_push_then_a_fresh_clone_pulls_everything_and_nothing_reruns(tmp_path, h
     use_remote(clone, endpoint, env)
     run([BIN / "dvc", "pull", TARGET, "--with-deps"], clone, env)
     for path in ("data/processed/mnist/manifest.json", "models/tiny/model.keras",
-                 "models/tiny/current/model_int8.tflite", "models/tiny/labels.txt"):
+                 "models/tiny/current/model_int8.tflite", "models/tiny/tflite/model_int8.tflite",
+                 "models/tiny/tflite/labels.txt"):
         assert (clone / path).is_file(), path
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
 
@@ -87,5 +88,5 @@ def test_push_then_a_fresh_clone_pulls_everything_and_nothing_reruns(tmp_path, h
     digit = clone / "digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(digit)
     predicted = run([BIN / "tlpipe", "predict", "models/tiny/current/model_int8.tflite", digit], clone, env)
-    labels = (clone / "models/tiny/labels.txt").read_text().split()
+    labels = (clone / "models/tiny/tflite/labels.txt").read_text().split()
     assert any(label in predicted for label in labels), predicted

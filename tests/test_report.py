@@ -88,3 +88,28 @@ def test_test_time_augmentation_is_said_apart_from_the_headline():
            "epochs_run": 1, "seconds": 1.0, "tflite": {}, "blessed": True}
     assert "| 90.00 % (TTA 95.00 %) |" in model_table({"models": ["m"]}, {"m": row})[-2]
     assert scores(row)["tta_accuracy"] == 0.95 and "tta_accuracy" not in scores({**row, "tta_accuracy": None})
+
+
+def test_every_exported_format_gets_a_page_row_and_flat_scores():
+    """metrics.json's `tflite` of four formats: a row each on the page's TFLite table, and scores.json keeps its
+    float32/int8 columns and adds float16_* and dynamic_* ones (`dvc metrics show` compares them)."""
+    from tasks.report.pages import model_page, scores
+
+    tflite = {"float32": {"accuracy": 0.99, "agreement": 1.0, "bytes": 4096, "latency_ms": 0.5},
+              "float16": {"accuracy": 0.99, "agreement": 1.0, "bytes": 2048, "latency_ms": 0.6},
+              "dynamic": {"accuracy": 0.98, "agreement": 0.995, "bytes": 1126, "latency_ms": 0.4},
+              "int8": {"accuracy": 0.97, "agreement": 0.99, "bytes": 1024, "latency_ms": 0.2}}
+    page = model_page("m", {"accuracy": 0.99, "split": "test", "tflite": tflite}, {"recipe": {"dataset": "mnist"}}, {})
+    rows = [line for line in page.splitlines() if line.startswith(("| float", "| dynamic", "| int8"))]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["float32", "float16", "dynamic", "int8"]
+    assert rows[2] == ("| dynamic | dynamic range: int8 weights (a quarter of the bytes), float32 in and out | 98.00 % | "
+                       "99.50 % | 1,126 | 0.400 |")
+    row = {"accuracy": 0.99, "tflite": tflite, "seconds": 3.0, "epochs_run": 2, "blessed": True}
+    assert scores(row) == {"accuracy": 0.99, "int8_accuracy": 0.97, "int8_agreement": 0.99, "float32_kb": 4.0,
+                           "int8_kb": 1.0, "int8_latency_ms": 0.2, "float16_accuracy": 0.99, "float16_agreement": 1.0,
+                           "float16_kb": 2.0, "float16_latency_ms": 0.6, "dynamic_accuracy": 0.98,
+                           "dynamic_agreement": 0.995, "dynamic_kb": 1.1, "dynamic_latency_ms": 0.4, "train_s": 3.0,
+                           "epochs": 2, "blessed": True}
+    two = {k: tflite[k] for k in ("float32", "int8")}  # a model exported before: the columns it always had
+    assert set(scores({**row, "tflite": two})) == {"accuracy", "int8_accuracy", "int8_agreement", "float32_kb",
+                                                   "int8_kb", "int8_latency_ms", "train_s", "epochs", "blessed"}

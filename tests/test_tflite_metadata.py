@@ -1,7 +1,9 @@
-"""TFLite metadata inside every exported model, read back by an independent parser (the flatc code
-MediaPipe ships), by ai-edge-litert (same outputs as without it) and by a real phone-API client:
-MediaPipe Tasks' ImageClassifier, whose top-1 must equal `tlpipe predict` on every image."""
+"""TFLite metadata inside every exported model (each format: float32, float16, dynamic, int8), read back by an
+independent parser (the flatc code MediaPipe ships), by ai-edge-litert (same outputs as without it) and by a
+real phone-API client: MediaPipe Tasks' ImageClassifier, whose top-1 must equal `tlpipe predict` on every image
+(and bench/mediapipe_check.py, which says so per format)."""
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -10,7 +12,7 @@ from keras import layers
 from PIL import Image
 
 from tasks.evaluate import tflite_metadata as tm
-from tasks.evaluate.export import run_tflite, to_tflite_float32, to_tflite_int8
+from tasks.evaluate.export import FORMATS, make_interpreter, run_tflite, to_tflite, to_tflite_int8
 from tasks.cnn.models import build
 from tasks.photo.backbones import front
 from tasks.evaluate.predict import predict
@@ -42,7 +44,9 @@ def photo_export(tmp_path_factory):
                   extra={"label_attributes": attributes})
     keras.utils.set_random_seed(0)
     inputs, x = front((SIZE, SIZE, 3), SIZE)
-    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, strides=2, activation="relu")(x))
+    x = layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    # 2,304 weights: over the 1,024 below which the converter leaves a tensor float (dynamic, float16)
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(32, 3, activation="relu")(x))
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(train[0], train[1], batch_size=16, epochs=15, verbose=0)
@@ -56,7 +60,7 @@ def photo_export(tmp_path_factory):
         files.append(tmp / "images" / f"{i}.png")
         files[-1].parent.mkdir(exist_ok=True)
         Image.fromarray(img).save(files[-1])
-    return {"tmp": tmp, "models": tmp / "models", "result": result, "valid": valid, "files": files,
+    return {"tmp": tmp, "models": tmp / "models" / "tflite", "result": result, "valid": valid, "files": files,
             "attributes": attributes}
 
 
@@ -69,7 +73,7 @@ def parse_with_mediapipe_schema(model_bytes):
     return fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(buf, 0)), fb
 
 
-@pytest.mark.parametrize("kind", ["float32", "int8"])
+@pytest.mark.parametrize("kind", FORMATS)
 def test_metadata_fields_read_by_the_schemas_own_code(photo_export, kind):
     data = (photo_export["models"] / f"model_{kind}.tflite").read_bytes()
     meta, fb = parse_with_mediapipe_schema(data)
@@ -99,14 +103,12 @@ def test_metadata_fields_read_by_the_schemas_own_code(photo_export, kind):
 
 
 def test_int8_takes_uint8_pixels_and_sizes_are_reported(photo_export):
-    from tasks.evaluate.export import make_interpreter
-
     interp = make_interpreter(photo_export["models"] / "model_int8.tflite")
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and inp["quantization"] == pytest.approx((1.0, 0))
     assert out["dtype"] == np.uint8
     result = photo_export["result"]
-    for kind in ("float32", "int8"):
+    for kind in FORMATS:
         size = (photo_export["models"] / f"model_{kind}.tflite").stat().st_size
         assert result[kind]["bytes"] == size > result[kind]["bytes_without_metadata"]
     assert result["int8"]["agreement"] >= 0.9
@@ -119,7 +121,7 @@ def test_metadata_changes_no_output_and_repopulating_replaces_it(tmp_path):
     inputs, x = front((SIZE, SIZE, 3), SIZE)
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(
         layers.Conv2D(4, 3)(x))))
-    for kind, raw in (("float32", to_tflite_float32(model)), ("int8", to_tflite_int8(model, images))):
+    for kind, raw in ((kind, to_tflite(kind, model, images)) for kind in FORMATS):
         plain, meta = tmp_path / f"plain_{kind}.tflite", tmp_path / f"meta_{kind}.tflite"
         plain.write_bytes(raw)
         meta.write_bytes(raw)
@@ -157,11 +159,13 @@ def cli_top1(model, files, capsys) -> list[str]:
     return [lines[lines.index(str(f)) + 1].rsplit(None, 1)[0].strip() for f in files]
 
 
-@pytest.mark.parametrize("kind", ["float32", "int8"])
+@pytest.mark.parametrize("kind", FORMATS)
 def test_mediapipe_image_classifier_agrees_with_tlpipe_predict(photo_export, kind, capsys):
     import mediapipe as mp
 
     path = photo_export["models"] / f"model_{kind}.tflite"
+    weights = {"float32": np.float32, "float16": np.float16, "dynamic": np.int8, "int8": np.int8}[kind]
+    assert weights in {t["dtype"] for t in make_interpreter(path).get_tensor_details()}  # really that format
     clf = mediapipe_classifier(path)
     ours = predict(path, photo_export["files"], top_k=3)
     assert len(ours) == len(photo_export["files"]) > 0
@@ -193,3 +197,30 @@ def test_mediapipe_rejects_single_channel_models(tmp_path):
 def _png(tmp_path, image):
     Image.fromarray(image[..., 0]).save(tmp_path / "digit.png")
     return tmp_path / "digit.png"
+
+
+def test_the_mediapipe_bench_reads_every_format_of_an_export(photo_export, tmp_path, monkeypatch):
+    """bench/mediapipe_check.py on the export folder and on current/-style copies: MediaPipe's ImageClassifier
+    loads each format and its top-1 is `tlpipe predict`'s on every test image."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import mediapipe_check
+
+    monkeypatch.chdir(tmp_path)
+    model_dir = photo_export["models"].parent  # models/<key>/ (here: models/), its tflite/ inside
+    out = mediapipe_check.main(str(model_dir), str(photo_export["tmp"] / "data"))
+    assert out["split"] == "test" and out["count"] == 12 and out["folder"] == str(photo_export["models"])
+    for kind in FORMATS:
+        assert out[kind]["top1_agreement"] == 1.0, kind
+        assert out[kind]["mediapipe_accuracy"] == out[kind]["tlpipe_predict_accuracy"], kind
+    assert json.loads((tmp_path / "reports" / "bench" / f"mediapipe_{out['model']}.json").read_text()) == out
+    blessed = tmp_path / "key" / "current"  # a folder of some formats (current/ holds the blessed set)
+    blessed.mkdir(parents=True)
+    for name in ("model_dynamic.tflite", "labels.txt"):
+        shutil.copy(photo_export["models"] / name, blessed / name)
+    again = mediapipe_check.main(str(blessed), str(photo_export["tmp"] / "data"))
+    assert again["model"] == "key" and again["dynamic"] == out["dynamic"] and "float32" not in again
+    with pytest.raises(FileNotFoundError, match="no model_<format>.tflite"):
+        mediapipe_check.main(str(tmp_path / "key"), str(photo_export["tmp"] / "data"))

@@ -1,13 +1,23 @@
-"""TFLite export (float32 and full-integer int8), labels sidecar, and the Keras/TFLite parity check.
+"""TFLite export (float32, float16, dynamic-range and full-integer int8), labels sidecar, and the
+Keras/TFLite parity check.
 
-Writes into `out_dir` (models/<model>/): `model_float32.tflite`, `model_int8.tflite`, `labels.txt`
-(one name per line, line i = class id i: the contract `tasks.evaluate.predict` reads), `tflite.json`.
-The float32 model takes raw pixel values 0-255 as float32; the int8 model (full-integer: every
-weight and activation int8) takes the raw uint8 pixels (input scale 1, zero point 0, what MediaPipe
-Tasks, the Task Library and camera apps feed) and returns uint8 scores (scale 1/256). Both carry
-TFLite Metadata (tasks/evaluate/tflite_metadata.py): name, description, version, author, license, input
-normalisation and labels.txt as the output's TENSOR_AXIS_LABELS file. A blessed model is also
-copied to `current_dir`.
+Writes into `out_dir` (models/<model>/): the folder `tflite/` holding `model_<format>.tflite` for each
+format of `export.formats` (FORMATS; all four by default) and `labels.txt` (one name per line, line
+i = class id i: the contract `tasks.evaluate.predict` reads), replaced whole so it holds exactly the
+formats asked for; and `tflite.json`. The formats, MediaPipe Model Maker's set plus float32:
+- `float32`: the Keras model as it is; takes the raw 0-255 pixel values as the Keras model does (float32,
+  or uint8 where the Keras input is uint8, as the photo models' is).
+- `float16`: weights stored as float16 (about half the bytes), computed in float32 on a CPU (float16
+  on a GPU delegate); the float32 model's input and output.
+- `dynamic`: dynamic-range quantisation: int8 weights (about a quarter of the bytes), activations
+  quantised on the fly where a kernel allows; the float32 model's input and output.
+- `int8`: full-integer: every weight and activation int8; takes the raw uint8 pixels (input scale 1,
+  zero point 0, what MediaPipe Tasks, the Task Library and camera apps feed) and returns uint8 scores
+  (scale 1/256).
+Every file carries TFLite Metadata (tasks/evaluate/tflite_metadata.py): name, description, version,
+author, license, input normalisation and labels.txt as the output's TENSOR_AXIS_LABELS file. A blessed
+model's files are also copied to `current_dir` (the blessed set of formats, with labels.txt and
+metrics.json).
 """
 from __future__ import annotations
 
@@ -22,13 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.core.io import atomic_dir, atomic_files, room_for, write_json
+from tasks.core.io import atomic_dir, room_for, write_json
 from tasks.records.tables import PREDICTIONS, PREDICTIONS_TFLITE
 from tasks.evaluate.tflite_metadata import add_classifier_metadata
 
 METADATA_DEFAULTS = {"author": "tlpipe", "license": "Apache-2.0", "version": ""}
-EXPORT_DEFAULTS = {"representative_samples": 500, "representative_pool": 4, "latency_runs": 200,
-                   "num_threads": 1, "batch_size": 256, "seed": 0, "metadata": dict(METADATA_DEFAULTS)}
+FORMATS = ("float32", "float16", "dynamic", "int8")   # export.formats offers these (tasks/stages/validate.py)
+TFLITE_DIR = "tflite"                                   # models/<model>/tflite/: model_<format>.tflite, labels.txt
+EXPORT_DEFAULTS = {"formats": list(FORMATS), "representative_samples": 500, "representative_pool": 4,
+                   "latency_runs": 200, "num_threads": 1, "batch_size": 256, "seed": 0,
+                   "metadata": dict(METADATA_DEFAULTS)}
 
 
 def make_interpreter(model_path: Path, num_threads: int = 1):
@@ -84,6 +97,54 @@ def _converter(model):
 def to_tflite_float32(model) -> bytes:
     with _converter(model) as converter:
         return converter.convert()
+
+
+def to_tflite_float16(model) -> bytes:
+    """float16 weights (dequantised to float32 when the interpreter loads them on a CPU), the float32
+    model's input and output."""
+    import tensorflow as tf
+
+    with _converter(model) as converter:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def to_tflite_dynamic(model) -> bytes:
+    """Dynamic-range quantisation: int8 weights (tensors of 1024 elements and more; the converter keeps
+    smaller ones float), no calibration data, the float32 model's input and output."""
+    import tensorflow as tf
+
+    with _converter(model) as converter:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return converter.convert()
+
+
+def to_tflite(kind: str, model, representative: np.ndarray | None = None) -> bytes:
+    """The TFLite bytes of `model` in format `kind` (one of FORMATS; int8 needs `representative`)."""
+    if kind == "int8":
+        return to_tflite_int8(model, representative)
+    converters = {"float32": to_tflite_float32, "float16": to_tflite_float16, "dynamic": to_tflite_dynamic}
+    if kind not in converters:
+        raise ValueError(f"no TFLite format {kind!r}: expected one of {', '.join(FORMATS)}")
+    return converters[kind](model)
+
+
+def formats(cfg: dict) -> list[str]:
+    """`export.formats`, checked, in FORMATS order (the order of metrics.json's `tflite`)."""
+    asked = cfg.get("formats")
+    asked = list(FORMATS) if asked is None else asked
+    if not isinstance(asked, (list, tuple)) or not asked:
+        raise ValueError(f"export.formats: expected a non-empty list of {', '.join(FORMATS)}, got {asked!r}")
+    unknown = [k for k in asked if k not in FORMATS]
+    if unknown:
+        raise ValueError(f"export.formats: no format {unknown[0]!r}; expected some of {', '.join(FORMATS)}")
+    return [k for k in FORMATS if k in asked]
+
+
+def tflite_path(folder: Path, kind: str) -> Path:
+    """Where format `kind` lies in an export's tflite/ folder or in current/."""
+    return Path(folder) / f"model_{kind}.tflite"
 
 
 def to_tflite_int8(model, representative: np.ndarray) -> bytes:
@@ -191,31 +252,34 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     from tasks.records.shards import load_manifest
 
     cfg = {**EXPORT_DEFAULTS, **(params or {})}
+    kinds = formats(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    folder = out_dir / TFLITE_DIR
     model = keras.models.load_model(model_path)
     n_rep = int(cfg["representative_samples"])
     # splits are stored in hash-shuffled order: a seeded draw from the first few x is a fair sample
-    # (a small multiple keeps memory bounded for 224x224 photos)
-    train_x, _, names = load_arrays(processed_dir, "train", limit=int(cfg["representative_pool"]) * n_rep)
-    pick = np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]
-    files = {"float32": out_dir / "model_float32.tflite", "int8": out_dir / "model_int8.tflite"}
+    # (a small multiple keeps memory bounded for 224x224 photos); only int8 is calibrated
+    pool = int(cfg["representative_pool"]) * n_rep if "int8" in kinds else 1
+    train_x, _, names = load_arrays(processed_dir, "train", limit=pool)
+    representative = train_x[np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]]
+    files = {kind: tflite_path(folder, kind) for kind in kinds}
     manifest = load_manifest(processed_dir)
     meta = model_info(model_path, cfg, info)
-    # Every file written whole under a temp name and renamed over the old ones only once all are: a
-    # failed export (a full disk, the file-size limit) leaves the previous TFLite files as they were.
-    with atomic_files([*files.values(), out_dir / "labels.txt"]) as temps:
+    # The folder is written whole in a temp dir and swapped in only once every file is: a failed export
+    # (a full disk, the file-size limit) leaves the previous TFLite files as they were, and a format
+    # dropped from export.formats leaves the folder.
+    sizes = {}
+    with atomic_dir(folder) as tmp:
         for kind, path in files.items():
             with room_for(path):  # also the converter's SavedModel in the temp dir
-                tflite = to_tflite_float32(model) if kind == "float32" else to_tflite_int8(model, train_x[pick])
-                temps[path].write_bytes(tflite)
-        with room_for(out_dir / "labels.txt"):
-            temps[out_dir / "labels.txt"].write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-        sizes = {kind: add_classifier_metadata(temps[path], {**meta, "name": f"{meta['name']} ({kind})"}, names,
-                                               label_attributes=manifest.get("label_attributes") or None,
-                                               output=path)
-                 for kind, path in files.items()}
-    del train_x
+                (tmp / path.name).write_bytes(to_tflite(kind, model, representative if kind == "int8" else None))
+            sizes[kind] = add_classifier_metadata(tmp / path.name, {**meta, "name": f"{meta['name']} ({kind})"},
+                                                  names, label_attributes=manifest.get("label_attributes") or None,
+                                                  output=path)
+        with room_for(folder / "labels.txt"):
+            (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    del train_x, representative
 
     split = evaluation_split(manifest, Path(processed_dir) / "manifest.json")
     images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
@@ -225,19 +289,21 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     result = {kind: parity(path, images, labels, keras_pred, cfg, scores[kind]) for kind, path in files.items()}
     for kind in files:
         result[kind]["bytes_without_metadata"] = sizes[kind]["bytes_without"]
+    result["formats"] = kinds
     result["keras_accuracy"] = float(np.mean(keras_pred == labels))
-    result["int8_size_ratio"] = result["int8"]["bytes"] / result["float32"]["bytes"]
+    if "int8" in result and "float32" in result:
+        result["int8_size_ratio"] = result["int8"]["bytes"] / result["float32"]["bytes"]
     result["num_threads"], result["split"] = int(cfg["num_threads"]), split
     write_json(out_dir / "tflite.json", result)
 
     if metrics_path and Path(metrics_path).exists():
         metrics_out = Path(metrics_out or metrics_path)
         metrics = json.loads(Path(metrics_path).read_text())
-        metrics["tflite"] = {k: result[k] for k in ("float32", "int8")}
+        metrics["tflite"] = {k: result[k] for k in kinds}
         write_json(metrics_out, metrics)
         result["predictions"] = str(tflite_predictions(Path(metrics_path).parent / PREDICTIONS,
                                                        metrics_out.parent / PREDICTIONS_TFLITE, ids, scores))
-        result["current"] = promote([*files.values(), out_dir / "labels.txt"], metrics_out, current_dir)
+        result["current"] = promote([*files.values(), folder / "labels.txt"], metrics_out, current_dir)
     else:
         result["current"] = False
     return result

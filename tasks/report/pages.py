@@ -13,6 +13,11 @@ import json
 from pathlib import Path
 
 SUMMARIES = "summaries"   # reports/summaries/<model>.json: a page's row of the index
+# what each TFLite format of tasks/evaluate/export.py is, for the page's table
+TFLITE_FORMATS = {"float32": "the Keras model as trained",
+                  "float16": "float16 weights (half the bytes), float32 maths on a CPU",
+                  "dynamic": "dynamic range: int8 weights (a quarter of the bytes), float32 in and out",
+                  "int8": "full integer: int8 weights and activations, uint8 pixels in, uint8 scores out"}
 
 
 def _load(path: Path, default=None):
@@ -142,10 +147,12 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
     lines += ["", f"**Gate:** {'blessed' if metrics.get('blessed') else 'NOT blessed'} — {gate.get('reason', '')}", ""]
     tflite = metrics.get("tflite")
     if tflite:
-        lines += ["## TFLite", "", "| model | accuracy | agreement with Keras | bytes | latency (ms, 1 image) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {k} | {_pct(v['accuracy'])} | {_pct(v['agreement'])} | {v['bytes']:,} | {v['latency_ms']:.3f} |"
-                  for k, v in tflite.items()]
+        lines += ["## TFLite", "", "Every format exported (`export.formats`), scored on the same split: its accuracy, "
+                  "its top-1 agreement with the Keras model, its size with the metadata and its single-image latency.",
+                  "", "| model | what it is | accuracy | agreement with Keras | bytes | latency (ms, 1 image) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {TFLITE_FORMATS.get(k, '')} | {_pct(v['accuracy'])} | {_pct(v['agreement'])} | "
+                  f"{v['bytes']:,} | {v['latency_ms']:.3f} |" for k, v in tflite.items()]
         lines.append("")
     lines += ["## Training curves", "", "![curves](curves.png)", "",
               "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
@@ -168,15 +175,21 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
 
 def scores(summary: dict) -> dict:
     """The figures people compare across models, flat (`dvc metrics show`, `dvc exp show` columns): accuracy,
-    int8 accuracy and its top-1 agreement with Keras, the TFLite sizes, int8 latency, train time. The
-    rest stays in the stage files it came from (train.json, evaluation.json, metrics.json)."""
-    f32, i8 = summary["tflite"].get("float32", {}), summary["tflite"].get("int8", {})
+    int8 accuracy and its top-1 agreement with Keras, the TFLite sizes, int8 latency, train time, and for
+    each further TFLite format exported (float16, dynamic) its accuracy, agreement, size and latency
+    (<format>_accuracy, _agreement, _kb, _latency_ms). The rest stays in the stage files it came from
+    (train.json, evaluation.json, metrics.json)."""
+    tflite = summary["tflite"]
+    f32, i8 = tflite.get("float32", {}), tflite.get("int8", {})
     kb = lambda n: round(n / 1024, 1) if n is not None else None  # noqa: E731
+    others = {f"{kind}_{name}": value for kind, v in tflite.items() if kind not in ("float32", "int8")
+              for name, value in (("accuracy", v.get("accuracy")), ("agreement", v.get("agreement")),
+                                  ("kb", kb(v.get("bytes"))), ("latency_ms", v.get("latency_ms")))}
     return {"accuracy": summary["accuracy"], "int8_accuracy": i8.get("accuracy"),
             "int8_agreement": i8.get("agreement"), "float32_kb": kb(f32.get("bytes")), "int8_kb": kb(i8.get("bytes")),
-            "int8_latency_ms": i8.get("latency_ms"), "train_s": summary["seconds"], "epochs": summary["epochs_run"],
-            "blessed": summary["blessed"], **({"tta_accuracy": summary["tta_accuracy"]} if summary.get("tta_accuracy")
-                                              is not None else {})}
+            "int8_latency_ms": i8.get("latency_ms"), **others, "train_s": summary["seconds"],
+            "epochs": summary["epochs_run"], "blessed": summary["blessed"],
+            **({"tta_accuracy": summary["tta_accuracy"]} if summary.get("tta_accuracy") is not None else {})}
 
 
 def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -> dict:

@@ -99,7 +99,8 @@ def evaluate_stage(project: Project, key: str) -> dict:
 
 
 def export_stage(project: Project, key: str) -> dict:
-    """TFLite float32 + int8 with parity; promote to models/<key>/current/ only if blessed.
+    """TFLite in each format of `export.formats` (models/<key>/tflite/) with parity; promote them to
+    models/<key>/current/ only if blessed.
 
     The regression half of the gate is checked here, against the last blessed model's metrics in
     models/<key>/current/ (this stage's own persistent output), so no stage reads a later one's.
@@ -117,7 +118,7 @@ def export_stage(project: Project, key: str) -> dict:
                         models, params.get("export") or {}, metrics_path=reports / "metrics.json",
                         current_dir=models / "current", info=model_description(params, key))
     return {"model": key, "blessed": metrics["blessed"], "current": result["current"],
-            **{k: result[k] for k in ("float32", "int8", "keras_accuracy")}}
+            **{k: result[k] for k in (*result["formats"], "keras_accuracy")}}
 
 
 def model_description(params: dict, key: str) -> dict:

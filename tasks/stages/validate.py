@@ -274,6 +274,24 @@ class Seq(Spec):
 
 
 @dataclass(frozen=True)
+class Subset(Seq):
+    """Some of a set of names (`item`: a Choice), at least one, none twice (export.formats)."""
+
+    def describe(self):
+        return f"a list of some of {', '.join(self.item.options())}"
+
+    def check(self, where, value, refs):
+        super().check(where, value, refs)
+        if value is None:
+            return
+        if not value:
+            raise fail(where, f"expected at least one of {', '.join(self.item.options())}, got []")
+        for i, v in enumerate(value):
+            if v in value[:i]:
+                raise fail(f"{where}[{i}]", f"{v} is listed twice")
+
+
+@dataclass(frozen=True)
 class Table(Spec):
     """A mapping of known keys (`fields()`: key -> Spec): an unknown key names the nearest valid one."""
 
@@ -469,6 +487,7 @@ VALUES: dict[str, Spec] = {
     "top_k": SIZE, "max_regression": FRACTION, "grid": COUNT, "most_confused": COUNT,
     "tta": OpenMap(Seq(Choice(("evaluate/metrics.py", "TTA_VIEWS"))), Ref("dataset"),
                    "a mapping dataset -> [test-time views]", null_ok=True),
+    "formats": Subset(Choice(("evaluate/export.py", "FORMATS"))),
     "representative_samples": SIZE, "representative_pool": SIZE, "latency_runs": SIZE, "num_threads": SIZE,
     "metadata": Table(lambda: {k: TEXT for k in literal_keys("evaluate/export.py", "METADATA_DEFAULTS")},
                       null_ok=True),
