@@ -53,3 +53,17 @@ def mnist_mirror_params(tmp_path: Path, root: Path) -> dict:
     pins = write_mirror(tmp_path / "mirror", mat=False, idx=False)
     write_params(root, mirror=str(tmp_path / "mirror"), pins=pins, datasets=("mnist",))
     return yaml.safe_load((root / "params.yaml").read_text())
+
+
+RETIRED = Path(__file__).with_name("retired_cards_recipes.yaml")
+
+
+def with_retired_recipes(params: dict) -> dict:
+    """`params` (a params.yaml dict) plus the cards recipes retired from the DAG in issue 29
+    (tests/retired_cards_recipes.yaml: bottleneck and cut caches, a teach@ entry, cache-initialised and
+    distilled students), so tests keep checking the stages and specs they exercise."""
+    retired = yaml.safe_load(RETIRED.read_text())
+    out = dict(params)
+    for section, entries in retired.items():
+        out[section] = {**(out.get(section) or {}), **entries}
+    return out

@@ -14,7 +14,7 @@ import yaml
 
 from imports import PLUMBING, REPO, STAGE_ENTRY, code_of, covered, within
 from photos import class_tree, small_prepare
-from project import write_mirror, write_params
+from project import with_retired_recipes, write_mirror, write_params
 
 MODEL_LINE = ("check", "weights", "features", "teach", "models", "evaluate", "export", "report")
 
@@ -198,14 +198,14 @@ def test_a_model_recipe_added_in_params_alone_gets_its_stages_and_the_report_fol
 def test_a_distillation_recipe_is_ordered_after_its_teacher(tmp_path):
     """A student is one more recipe under `models` whose `init` is a teach@ output: its train@ runs after
     teach@, which runs after the teacher's train@ and the student's features cache."""
-    text = (REPO / "params.yaml").read_text()
+    text = yaml.safe_dump(with_retired_recipes(yaml.safe_load((REPO / "params.yaml").read_text())), sort_keys=False)
     student = ("\nmodels:\n  cards_student:\n    dataset: cards\n    init: data/teach/cards_cut_v2_100_to_v2_035\n"
                "    trainer: tasks/photo\n    distill_weight: 0.5\n    min_accuracy: 0.5\n")
     assert "\nmodels:\n" in text
     repo, env = new_repo(tmp_path, params_text=text.replace("\nmodels:\n", student, 1))
     stages = {s.name: s for s in stages_of(repo)}
     assert {"train@cards_student", "evaluate@cards_student", "export@cards_student"} <= set(stages)
-    assert "train@cards_cut_distill_v2_035" in stages  # the committed student is still there
+    assert "train@cards_cut_distill_v2_035" in stages  # the retired student is still there
     assert "data/teach/cards_cut_v2_100_to_v2_035" in {d.def_path for d in stages["train@cards_student"].deps}
     teach = stages["teach@cards_cut_v2_100_to_v2_035"]
     assert {"models/cards_cut_v2_100/model.keras", "data/features/cards_v2_035_cut6"} <= {d.def_path for d in teach.deps}

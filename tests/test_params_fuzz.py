@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from imports import REPO
+from project import with_retired_recipes
 from tasks.cli import main
 
-BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+BASE = with_retired_recipes(yaml.safe_load((REPO / "params.yaml").read_text()))  # real features/teach entries to break
 LOADER, DUMPER = getattr(yaml, "CSafeLoader", yaml.SafeLoader), getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 

@@ -4,12 +4,15 @@ import pytest
 import yaml
 
 from imports import REPO
+from project import with_retired_recipes
 from tasks.stages.project import Project
 from tasks.stages.validate import ParamsError, literal_keys, validate
 
 
 def params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    """params.yaml with the retired cards recipes merged in: the specs of features@/teach@ entries and of
+    cache-initialised students are checked on real entries (tests/retired_cards_recipes.yaml)."""
+    return with_retired_recipes(yaml.safe_load((REPO / "params.yaml").read_text()))
 
 
 def with_recipe(p: dict, key: str, recipe: dict, section: str = "models") -> dict:
@@ -18,7 +21,8 @@ def with_recipe(p: dict, key: str, recipe: dict, section: str = "models") -> dic
 
 
 def test_the_project_params_are_valid():
-    validate(params())
+    validate(yaml.safe_load((REPO / "params.yaml").read_text()))  # as committed
+    validate(params())  # and with the retired cards chain back in
 
 
 @pytest.mark.parametrize("where, typo, hint", [
@@ -388,3 +392,24 @@ def test_a_cut_caches_views_and_augment_are_checked(change, message):
     p["features"]["cards_v2_100_cut13"] = {**p["features"]["cards_v2_100_cut13"], **change}
     with pytest.raises(ParamsError, match=message):
         validate(p)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (["float32", "fp16"], "export.formats[1]: formats[1] must be one of float32, float16, dynamic, int8 (FORMATS in "
+                          "tasks/evaluate/export.py), got 'fp16'"),
+    ([], "export.formats: expected at least one of float32, float16, dynamic, int8, got []"),
+    (["int8", "float16", "int8"], "export.formats[2]: int8 is listed twice"),
+    ("int8", "export.formats: expected a list of some of float32, float16, dynamic, int8, got 'int8'"),
+    (None, "export.formats: expected a list of some of float32, float16, dynamic, int8, got None"),
+    ([["int8"]], "export.formats[0]: formats[0] must be one of"),
+])
+def test_export_formats_are_some_of_the_codes_formats(value, expected):
+    """export.formats: a non-empty list of distinct formats of tasks/evaluate/export.py FORMATS; every format
+    by default, in the code and in params.yaml."""
+    from tasks.evaluate.export import EXPORT_DEFAULTS, FORMATS
+    from tasks.stages import validate as v
+
+    assert error_of(put(params(), "export.formats", value)).startswith(f"params.yaml {expected}")
+    assert v.VALUES["formats"].item.options() == FORMATS == ("float32", "float16", "dynamic", "int8")
+    assert EXPORT_DEFAULTS["formats"] == list(FORMATS) == params()["export"]["formats"]
+    validate(put(params(), "export.formats", ["dynamic", "float32"]))  # any order, any subset
