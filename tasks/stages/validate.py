@@ -482,6 +482,7 @@ VALUES: dict[str, Spec] = {
     "head": Choice(("photo/heads.py", "HEADS")), "dropout": Num(0, 1, hi_open=True), "head_epochs": COUNT,
     "head_lr": POSITIVE, "freeze_base": Bool(), "fine_tune_epochs": COUNT, "fine_tune_lr": POSITIVE,
     "fine_tune_from": Int(), "fine_tune_schedule": Choice(names=SCHEDULES), "train_bn": Bool(),
+    "bn_momentum": Num(0, 1, hi_open=True, null_ok=True),
     "steps_per_epoch": SIZE, "label_smoothing": FRACTION, "cache_images": Bool(), "distill_weight": FRACTION,
     # evaluate (min_accuracy/max_regression: EVALUATE_VALUES), export
     "top_k": SIZE, "max_regression": FRACTION, "grid": COUNT, "most_confused": COUNT,
