@@ -12,6 +12,8 @@
     tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
     tlpipe report [MODEL]     a model's page reports/MODEL/README.md; without MODEL the index reports/README.md
     tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
+    tlpipe predict MODEL.tflite DIR... --out FILE.parquet   every image under the folders, batched on
+                              every core, one Parquet row each (-q: only the start and end lines)
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow (needs a Prefect server)
     tlpipe deploy [ARGS..]    `prefect --no-prompt deploy ARGS` (default --all) from prefect.yaml,
@@ -44,7 +46,7 @@ from tasks.stages.project import find_project
 
 EXPECTED = (OSError, ValueError, KeyError, RuntimeError)  # bad input, failed download, locked output
 STAGES = ("fetch", "prepare", "check", "fetch-weights", "features", "teach", "train", "evaluate", "export", "report")
-NEEDS_TF = ("prepare", "check", "features", "teach", "train", "evaluate", "export", "predict")
+NEEDS_TF = ("prepare", "check", "features", "teach", "train", "evaluate", "export")  # predict: LiteRT only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,10 +200,23 @@ def _report(args):
 def _predict(args):
     from pathlib import Path
 
-    from tasks.evaluate.predict import format_predictions, predict
+    from tasks.evaluate.predict import find_images, format_predictions, predict, predict_to_parquet
 
+    if args.out:  # the batch path: folders recursively, all cores, one Parquet row per image
+        mode = "quiet" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+        summary = predict_to_parquet(Path(args.model), [Path(i) for i in args.images], Path(args.out),
+                                     top_k=args.top_k, batch_size=args.batch_size, threads=args.threads,
+                                     progress=mode, emit=lambda line: print(f"tlpipe predict: {line}", flush=True),
+                                     setup=console.native_quiet)
+        if summary["failed"]:
+            raise RuntimeError(f"{summary['failed']} of {summary['images']} images could not be classified "
+                               f"(their rows in {args.out} give the reason in `error`)")
+        return None
+    images = find_images(args.images)  # a folder: its images, recursively
+    if not images:
+        raise FileNotFoundError(f"no image files in {', '.join(args.images)}")
     with console.native_quiet():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
-        results = predict(Path(args.model), [Path(i) for i in args.images], top_k=args.top_k)
+        results = predict(Path(args.model), images, top_k=args.top_k)
     print(format_predictions(results), flush=True)  # the good images' results, also when some failed
     failed = [r for r in results if "error" in r]
     if failed:
@@ -299,10 +314,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="a model's page (with a key), or reports/README.md, the index")
     p.add_argument("key", nargs="?", help="model key: write reports/KEY/README.md and its index row")
     p.set_defaults(run=_report)
-    p = sub.add_parser("predict", help="classify images with an exported .tflite model")
-    p.add_argument("model", help="a .tflite file (labels.txt beside it)")
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("predict", help="classify images with an exported .tflite model",
+                       description="Classify images with an exported .tflite model: print the top-k labels of "
+                       "each, or with --out write one Parquet row per image (batched on every core, a progress "
+                       "bar on a terminal, a line about every 30 s in a log).")
+    p.add_argument("model", help="a .tflite file (labels from labels.txt beside it, else its TFLite metadata)")
+    p.add_argument("images", nargs="+", help="image files, or folders (searched recursively for images)")
     p.add_argument("--top-k", type=_positive, default=3, help="labels to show per image (>= 1)")
+    p.add_argument("--out", metavar="FILE.parquet",
+                   help="write the predictions here (path, top-k labels and scores, size, error, model sha256) "
+                        "instead of printing them; an unreadable image is a row with its reason")
+    p.add_argument("--batch-size", type=_positive, default=16, help="with --out: images per interpreter call")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="with --out: decoding threads and the interpreter's threads (default: every core)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="with --out: only the start and end lines (no progress bar or progress lines)")
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
     p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "
