@@ -9,9 +9,9 @@
     tlpipe teach KEY          a teacher's targets for distillation (params.yaml `teach.KEY`) into data/teach/KEY
     tlpipe train MODEL        train a model recipe from params.yaml into models/MODEL
     tlpipe evaluate MODEL     test-split metrics, confusion matrix, gate -> reports/MODEL
-    tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
+    tlpipe export MODEL       TFLite in each of export.formats, parity with Keras -> models/MODEL/tflite
     tlpipe report [MODEL]     a model's page reports/MODEL/README.md; without MODEL the index reports/README.md
-    tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
+    tlpipe predict MODEL.tflite IMAGE|DIR... [--out predictions.parquet]   top-k labels with scores
     tlpipe predict MODEL.tflite DIR... --out FILE.parquet   every image under the folders, batched on
                               every core, one Parquet row each (-q: only the start and end lines)
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
