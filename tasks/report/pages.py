@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 SUMMARIES = "summaries"   # reports/summaries/<model>.json: a page's row of the index
+RETIRED = "retired"       # reports/retired/<model>/: a retired recipe's last page, row (summary.json) and records
 # what each TFLite format of tasks/evaluate/export.py is, for the page's table
 TFLITE_FORMATS = {"float32": "the Keras model as trained",
                   "float16": "float16 weights (half the bytes), float32 maths on a CPU",
@@ -234,17 +235,21 @@ def _row(r: dict) -> str:
 
 
 def model_table(table: dict, rows: dict) -> list[str]:
-    """Markdown of a params `report.tables` entry ({heading, caption, models}): parameters, evaluation
-    accuracy, int8 accuracy and agreement with float32, train time, one row per listed model."""
+    """Markdown of a params `report.tables` entry ({heading, caption, models, retired}): parameters, evaluation
+    accuracy, int8 accuracy and agreement with float32, train time, one row per listed model, then one per
+    `retired` model (its last page and row, kept in reports/retired/<key>/: history beside the new rows)."""
     lines = [f"## {table.get('heading', 'Models')}", "", table.get("caption", ""), "",
              "| model | arch | parameters | scored on | accuracy (Keras) | int8 TFLite acc | int8 agreement | epochs | "
              "train s |", "|---|---|---|---|---|---|---|---|---|"]
-    for key in table.get("models") or []:
+    retired = set(table.get("retired") or [])
+    for key in [*(table.get("models") or []), *(table.get("retired") or [])]:
         r = rows[key]
         i8 = r["tflite"].get("int8", {})
         params = f"{r['params']:,}" if r.get("params") is not None else "–"
         tta = f" (TTA {_pct(r['tta_accuracy'])})" if r.get("tta_accuracy") is not None else ""
-        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {r.get('split', '–')} | {_pct(r['accuracy'])}{tta} | "
+        page = f"{RETIRED}/{key}/README.md" if key in retired else f"{key}/README.md"
+        split = f"{r.get('split', '–')}, retired" if key in retired else r.get("split", "–")
+        lines.append(f"| [{key}]({page}) | {r['arch']} | {params} | {split} | {_pct(r['accuracy'])}{tta} | "
                      f"{_pct(i8.get('accuracy'))} | {_pct(i8.get('agreement'))} | "
                      f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | "
                      f"{r['seconds'] if r['seconds'] is not None else '–'} |")
@@ -279,6 +284,13 @@ def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = 
         lines += [f"## {figure.get('heading', 'Transfer learning')}", "", figure.get("caption", ""), "",
                   "![transfer](transfer.png)", ""]
     by_key = {r["key"]: r for r in rows}
+    for table in (config.get("tables") or {}).values():
+        for key in table.get("retired") or []:
+            path = reports_dir / RETIRED / key / "summary.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: report table lists retired model {key!r}, whose last row is kept "
+                                        f"there (reports/{RETIRED}/<key>/summary.json); remove it from `retired`")
+            by_key.setdefault(key, json.loads(path.read_text()))
     for table in (config.get("tables") or {}).values():
         lines += model_table(table, by_key)
     text = "\n".join(lines)

@@ -42,7 +42,7 @@ WEIGHTS = ("arch", "alpha", "url", "sha256", "allow_unpinned", "mirror_alternati
            "package", "package_file")
 FEATURES = ("dataset", "seed")          # besides tasks/photo/features.py FEATURES_DEFAULTS
 REPORT = {"transfer": ("models", "dashed", "title", "heading", "caption"), "tables": ()}
-REPORT_TABLE = ("heading", "caption", "models")  # each entry of report.tables
+REPORT_TABLE = ("heading", "caption", "models", "retired")  # each entry of report.tables
 # Keys every recipe names: DVC interpolates them into its train stage's deps, and cannot default them.
 RECIPE_REQUIRED = ("dataset", "init", "trainer")
 RECIPE_COMMON = (*RECIPE_REQUIRED, "min_accuracy")
@@ -497,6 +497,7 @@ VALUES: dict[str, Spec] = {
     "tables": OpenMap(Table(lambda: fields(REPORT_TABLE)), Str(ENTRY_NAME.pattern, "a name"),
                       "a mapping name -> {heading, caption, models}", null_ok=True),
     "models": MODEL_LIST, "dashed": MODEL_LIST, "title": TEXT, "heading": TEXT, "caption": TEXT,
+    "retired": Seq(Str(ENTRY_NAME.pattern, "a retired model key (reports/retired/<key>/)"), null_ok=True),
 }
 # Where a key name means something else.
 WEIGHTS_VALUES = {"arch": Choice(("fetch/weights.py", "ARCHS"))}
