@@ -20,6 +20,9 @@
                               with a fix for our pins (flows/compat.py)
     tlpipe check-remote [NAME]  can this checkout reach its DVC remote (default: core.remote), and if not,
                               which part is wrong: access key, secret, permission, bucket, endpoint
+    tlpipe status [--json]    each model and dataset whose dvc.lock records other code (a tasks/ package),
+                              params (a key) or command than the tree holds, or that never ran; no data
+                              needed, no lock taken, exit 0 (informational)
 
     -v/--verbose              also show TensorFlow's start-up log, Keras' export printout and other
                               libraries' INFO logs (httpx, DVC, ...); quiet by default (tasks/stages/console.py)
@@ -261,6 +264,22 @@ def _deploy(args):
         raise RuntimeError(f"prefect deploy {' '.join(args.args) or '--all'} exited {code}")
 
 
+def _status(args):
+    from tasks.stages.status import format_status, status
+
+    root = find_project().root
+    try:
+        result = status(root)
+    except Exception as e:  # DVC's own errors (a broken dvc.yaml, a lock): one line, as every error
+        if type(e).__name__ == "LockError":
+            raise RuntimeError(f"{root}: DVC's repo lock is held by another DVC command; try again when it "
+                               "finishes") from e
+        if type(e).__module__.startswith("dvc"):
+            raise RuntimeError(f"{root}: DVC could not read the project: {e}") from e
+        raise
+    return result if args.json else format_status(result)
+
+
 def _check_remote(args):
     from tasks.stages.remote import check_remote
 
@@ -349,6 +368,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-remote", help="can this checkout reach its DVC remote with these credentials")
     p.add_argument("name", nargs="?", help="a DVC remote (default: the project's default remote)")
     p.set_defaults(run=_check_remote)
+    p = sub.add_parser("status", help="which models and datasets were made by other code, params or command "
+                                      "than the tree holds (informational: exit 0, no data needed)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="the listing as JSON: {stages, stale: [{stage, kind, key, code, params, command}]}")
+    p.set_defaults(run=_status)
     for name, p in sub.choices.items():  # `tlpipe pipeline --verbose` as well as `tlpipe --verbose pipeline`
         if name == "deploy":  # passes every argument on to `prefect deploy`
             continue
