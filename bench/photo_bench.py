@@ -17,7 +17,10 @@ E epochs of model.fit through the frozen base. Same optimizer, batch, seed, epoc
 
 Prints a table and writes reports/bench/photo.json. Ratios compare runs made in the same process,
 minutes apart, because these machines are noisy (the load average at start is recorded with them).
-Nothing here asserts on a time.
+Each pass also records what the clock alone cannot tell apart: the CPU time this process spent per
+image (all its threads; the load of other processes hardly moves it), the cores this process got
+(CPU seconds over wall seconds) and the cores the whole machine left idle (/proc/stat). A slow pass
+with no idle core was a busy machine, not a loader that left a core unused. Nothing here asserts on a time.
 """
 from __future__ import annotations
 
@@ -43,22 +46,43 @@ SEED = 42
 # ---------------------------------------------------------------- (a) input pipelines
 
 
+def idle_core_seconds() -> float | None:
+    """Seconds of idle (and I/O wait) summed over the machine's cores since boot, from /proc/stat (in
+    clock ticks, 10 ms: fine for passes of a second, not for tiny ones); None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_rounds(passes: dict, rounds: int) -> dict:
     """Each pipeline's `one_pass()` (returns the images it produced) once to warm up, then `rounds`
     rounds that time one pass of every pipeline in turn: a slow spell of a noisy machine hits all of
-    them, not just the one measured then. Rates are the median over rounds."""
+    them, not just the one measured then. Rates are the median over rounds; per pass also the CPU ms
+    per image (this process, all threads), the cores this process got and the machine's idle cores."""
     for one_pass in passes.values():
         one_pass()
-    timed = {name: [] for name in passes}  # (images, seconds) per round
+    timed = {name: [] for name in passes}  # (images, seconds, cpu seconds, idle core-seconds) per round
     for _ in range(rounds):
         for name, one_pass in passes.items():
-            start = time.perf_counter()
+            idle, cpu, start = idle_core_seconds(), time.process_time(), time.perf_counter()
             n = one_pass()
-            timed[name].append((n, time.perf_counter() - start))
-    return {name: {"images": sum(n for n, _ in runs), "seconds": round(sum(t for _, t in runs), 3),
-                   "rates": [round(n / t, 1) for n, t in runs],
-                   "images_per_s": round(statistics.median(n / t for n, t in runs), 1)}
-            for name, runs in timed.items()}
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            idle = None if idle is None else idle_core_seconds() - idle
+            timed[name].append((n, seconds, cpu, idle))
+    out = {}
+    for name, runs in timed.items():
+        cpu_ms = [1e3 * c / n for n, _, c, _ in runs]
+        out[name] = {"images": sum(n for n, *_ in runs), "seconds": round(sum(t for _, t, *_ in runs), 3),
+                     "rates": [round(n / t, 1) for n, t, *_ in runs],
+                     "images_per_s": round(statistics.median(n / t for n, t, *_ in runs), 1),
+                     "cpu_ms_per_image": [round(x, 4) for x in cpu_ms],
+                     "median_cpu_ms_per_image": round(statistics.median(cpu_ms), 4),
+                     "process_cores": [round(c / t, 2) for _, t, c, _ in runs],
+                     "machine_idle_cores": [None if i is None else round(max(i, 0.0) / t, 2) for _, t, _, i in runs]}
+    return out
 
 
 def shards_pipeline(processed: Path, size: int, limit: int | None):
@@ -119,6 +143,12 @@ def input_pipelines(args) -> dict:
     base = result["image_data_generator"]["images_per_s"]
     result["ratio_vs_image_data_generator"] = {
         k: round(result[k]["images_per_s"] / base, 2) for k in ("shards_tf_data", "image_dataset_from_directory")}
+    shards, folder = result["shards_tf_data"], result["image_dataset_from_directory"]
+    result["shards_vs_dataset_from_directory"] = {
+        # round by round (passes seconds apart, yet a busy spell can still hit one and not the other)
+        "rates": [round(a / b, 2) for a, b in zip(shards["rates"], folder["rates"])],
+        # images per CPU second: what each loader costs, whatever the rest of the machine does
+        "cpu_per_image": round(folder["median_cpu_ms_per_image"] / shards["median_cpu_ms_per_image"], 2)}
     return result
 
 
@@ -298,9 +328,15 @@ def print_table(result: dict) -> None:
     if "input_pipeline" in result:
         p = result["input_pipeline"]
         print(f"\n(a) input pipeline, batch {p['batch']}, {p['image_size']}px float, images/s after a warm-up pass")
+        print(f"  {'':30} {'img/s':>10}  {'ratio':6} {'passes (img/s)':>26}  cpu ms/img  cores (this process; idle)")
         for key in ("image_data_generator", "image_dataset_from_directory", "shards_tf_data"):
             ratio = p["ratio_vs_image_data_generator"].get(key, 1.0)
-            print(f"  {key:30} {p[key]['images_per_s']:>10,.1f}  x{ratio}")
+            r = p[key]
+            idle = " ".join("-" if i is None else f"{i:.2f}" for i in r["machine_idle_cores"])
+            print(f"  {key:30} {r['images_per_s']:>10,.1f}  x{ratio:<5} {' '.join(f'{x:,.0f}' for x in r['rates']):>26}"
+                  f"  {r['median_cpu_ms_per_image']:9.3f}  {' '.join(f'{c:.2f}' for c in r['process_cores'])}; {idle}")
+        v = p["shards_vs_dataset_from_directory"]
+        print(f"  shards / image_dataset_from_directory: rates {v['rates']}, per CPU second x{v['cpu_per_image']}")
     if "head_training" in result:
         t = result["head_training"]
         print(f"\n(b) head training, {t['epochs']} epochs, {t['train_images']} train / {t['val_images']} val images")

@@ -9,15 +9,20 @@
     tlpipe teach KEY          a teacher's targets for distillation (params.yaml `teach.KEY`) into data/teach/KEY
     tlpipe train MODEL        train a model recipe from params.yaml into models/MODEL
     tlpipe evaluate MODEL     test-split metrics, confusion matrix, gate -> reports/MODEL
-    tlpipe export MODEL       TFLite float32 + int8, parity with Keras -> models/MODEL
+    tlpipe export MODEL       TFLite in each of export.formats, parity with Keras -> models/MODEL/tflite
     tlpipe report [MODEL]     a model's page reports/MODEL/README.md; without MODEL the index reports/README.md
-    tlpipe predict MODEL.tflite IMAGE...   top-k labels with scores
+    tlpipe predict MODEL.tflite IMAGE|DIR... [--out predictions.parquet]   top-k labels with scores
+    tlpipe predict MODEL.tflite DIR... --out FILE.parquet   every image under the folders, batched on
+                              every core, one Parquet row each (-q: only the start and end lines)
     tlpipe pipeline [KEY...]  the same DAG as a Prefect flow (ephemeral mode when no server is set)
     tlpipe serve [--cron ..]  a scheduled Prefect deployment of the pipeline flow (needs a Prefect server)
     tlpipe deploy [ARGS..]    `prefect --no-prompt deploy ARGS` (default --all) from prefect.yaml,
                               with a fix for our pins (flows/compat.py)
     tlpipe check-remote [NAME]  can this checkout reach its DVC remote (default: core.remote), and if not,
                               which part is wrong: access key, secret, permission, bucket, endpoint
+    tlpipe status [--json]    each model and dataset whose dvc.lock records other code (a tasks/ package),
+                              params (a key) or command than the tree holds, or that never ran; no data
+                              needed, no lock taken, exit 0 (informational)
 
     -v/--verbose              also show TensorFlow's start-up log, Keras' export printout and other
                               libraries' INFO logs (httpx, DVC, ...); quiet by default (tasks/stages/console.py)
@@ -49,7 +54,7 @@ from tasks.stages.project import find_project
 
 EXPECTED = (OSError, ValueError, KeyError, RuntimeError)  # bad input, failed download, locked output
 STAGES = ("fetch", "prepare", "check", "fetch-weights", "features", "teach", "train", "evaluate", "export", "report")
-NEEDS_TF = ("prepare", "check", "features", "teach", "train", "evaluate", "export", "predict")
+NEEDS_TF = ("prepare", "check", "features", "teach", "train", "evaluate", "export")  # predict: LiteRT only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,10 +212,23 @@ def _report(args):
 def _predict(args):
     from pathlib import Path
 
-    from tasks.evaluate.predict import format_predictions, predict
+    from tasks.evaluate.predict import find_images, format_predictions, predict, predict_to_parquet
 
+    if args.out:  # the batch path: folders recursively, all cores, one Parquet row per image
+        mode = "quiet" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+        summary = predict_to_parquet(Path(args.model), [Path(i) for i in args.images], Path(args.out),
+                                     top_k=args.top_k, batch_size=args.batch_size, threads=args.threads,
+                                     progress=mode, emit=lambda line: print(f"tlpipe predict: {line}", flush=True),
+                                     setup=console.native_quiet)
+        if summary["failed"]:
+            raise RuntimeError(f"{summary['failed']} of {summary['images']} images could not be classified "
+                               f"(their rows in {args.out} give the reason in `error`)")
+        return None
+    images = find_images(args.images)  # a folder: its images, recursively
+    if not images:
+        raise FileNotFoundError(f"no image files in {', '.join(args.images)}")
     with console.native_quiet():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
-        results = predict(Path(args.model), [Path(i) for i in args.images], top_k=args.top_k)
+        results = predict(Path(args.model), images, top_k=args.top_k)
     print(format_predictions(results), flush=True)  # the good images' results, also when some failed
     failed = [r for r in results if "error" in r]
     if failed:
@@ -253,6 +271,22 @@ def _deploy(args):
     code = deploy(args.args)
     if code:
         raise RuntimeError(f"prefect deploy {' '.join(args.args) or '--all'} exited {code}")
+
+
+def _status(args):
+    from tasks.stages.status import format_status, status
+
+    root = find_project().root
+    try:
+        result = status(root)
+    except Exception as e:  # DVC's own errors (a broken dvc.yaml, a lock): one line, as every error
+        if type(e).__name__ == "LockError":
+            raise RuntimeError(f"{root}: DVC's repo lock is held by another DVC command; try again when it "
+                               "finishes") from e
+        if type(e).__module__.startswith("dvc"):
+            raise RuntimeError(f"{root}: DVC could not read the project: {e}") from e
+        raise
+    return result if args.json else format_status(result)
 
 
 def _check_remote(args):
@@ -310,10 +344,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="a model's page (with a key), or reports/README.md, the index")
     p.add_argument("key", nargs="?", help="model key: write reports/KEY/README.md and its index row")
     p.set_defaults(run=_report)
-    p = sub.add_parser("predict", help="classify images with an exported .tflite model")
-    p.add_argument("model", help="a .tflite file (labels.txt beside it)")
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("predict", help="classify images with an exported .tflite model",
+                       description="Classify images with an exported .tflite model: print the top-k labels of "
+                       "each, or with --out write one Parquet row per image (batched on every core, a progress "
+                       "bar on a terminal, a line about every 30 s in a log).")
+    p.add_argument("model", help="a .tflite file (labels from labels.txt beside it, else its TFLite metadata)")
+    p.add_argument("images", nargs="+", help="image files, or folders (searched recursively for images)")
     p.add_argument("--top-k", type=_positive, default=3, help="labels to show per image (>= 1)")
+    p.add_argument("--out", metavar="FILE.parquet",
+                   help="write the predictions here (path, top-k labels and scores, size, error, model sha256) "
+                        "instead of printing them; an unreadable image is a row with its reason")
+    p.add_argument("--batch-size", type=_positive, default=16, help="with --out: images per interpreter call")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="with --out: decoding threads and the interpreter's threads (default: every core)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="with --out: only the start and end lines (no progress bar or progress lines)")
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
     p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "
@@ -334,6 +379,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-remote", help="can this checkout reach its DVC remote with these credentials")
     p.add_argument("name", nargs="?", help="a DVC remote (default: the project's default remote)")
     p.set_defaults(run=_check_remote)
+    p = sub.add_parser("status", help="which models and datasets were made by other code, params or command "
+                                      "than the tree holds (informational: exit 0, no data needed)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="the listing as JSON: {stages, stale: [{stage, kind, key, code, params, command}]}")
+    p.set_defaults(run=_status)
     for name, p in sub.choices.items():  # `tlpipe pipeline --verbose` as well as `tlpipe --verbose pipeline`
         if name == "deploy":  # passes every argument on to `prefect deploy`
             continue

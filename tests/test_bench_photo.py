@@ -60,6 +60,7 @@ def test_photo_bench_smoke(tmp_path):
         assert p[key]["images"] == 36 and p[key]["images_per_s"] > 0 and p[key]["seconds"] > 0, key
     assert set(p["ratio_vs_image_data_generator"]) == {"shards_tf_data", "image_dataset_from_directory"}
     assert all(r > 0 for r in p["ratio_vs_image_data_generator"].values())
+    check_pass_costs(p, passes=1)
     t = result["head_training"]
     assert (t["train_images"], t["val_images"], t["classes"], t["epochs"]) == (27, 9, 3, 1)
     assert t["feature_width"] == 1280 and t["val_split"] == "validation"
@@ -70,15 +71,32 @@ def test_photo_bench_smoke(tmp_path):
         assert 0 <= t[key] <= 1, key
 
 
+def check_pass_costs(p: dict, passes: int):
+    """Per pass: CPU ms per image, the cores this process got, the cores the machine left idle."""
+    for key in ("shards_tf_data", "image_data_generator", "image_dataset_from_directory"):
+        r = p[key]
+        assert len(r["rates"]) == len(r["cpu_ms_per_image"]) == len(r["process_cores"]) == passes, key
+        assert all(x > 0 for x in r["cpu_ms_per_image"]) and r["median_cpu_ms_per_image"] > 0, key
+        assert all(0 < c for c in r["process_cores"]), key
+        assert len(r["machine_idle_cores"]) == passes, key
+        # /proc/stat counts in clock ticks (10 ms), so a pass this short can read more idle cores than exist
+        assert all(i is None or i >= 0 for i in r["machine_idle_cores"]), key
+    if Path("/proc/stat").exists():
+        assert None not in p["shards_tf_data"]["machine_idle_cores"]
+    v = p["shards_vs_dataset_from_directory"]
+    assert len(v["rates"]) == passes and all(x > 0 for x in v["rates"]) and v["cpu_per_image"] > 0
+
+
 def test_photo_bench_limit(tmp_path):
     import photo_bench
 
     folder, processed = synthetic(tmp_path)
     weights = tiny_weights(tmp_path / "tiny.weights.h5")
     result = photo_bench.main(["--folder", str(folder), "--processed", str(processed), "--weights", str(weights),
-                               "--image-size", str(SIZE), "--epochs", "1", "--passes", "1", "--limit", "8",
+                               "--image-size", str(SIZE), "--epochs", "1", "--passes", "2", "--limit", "8",
                                "--skip", "training", "--out", str(tmp_path / "photo.json")])
     # --limit caps each pipeline at the whole batches that cover 8 images (a shard split may end a batch early).
     for key in ("shards_tf_data", "image_data_generator", "image_dataset_from_directory"):
-        assert 8 <= result["input_pipeline"][key]["images"] <= 32, key
+        assert 8 <= result["input_pipeline"][key]["images"] / 2 <= 32, key
+    check_pass_costs(result["input_pipeline"], passes=2)
     assert "head_training" not in result

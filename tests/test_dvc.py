@@ -122,6 +122,9 @@ def committed_repo(tmp_path):
             path = repo / dep.def_path
             if hasattr(dep, "def_path") and not path.exists() and path.parent.is_dir() and path.suffix:
                 path.write_text(f"{dep.def_path}\n")
+            elif hasattr(dep, "def_path") and not path.exists() and not path.suffix:  # a folder no stage makes
+                path.mkdir(parents=True)                                                 # (reports/retired)
+                (path / "placeholder").write_text(f"{dep.def_path}\n")
     run(["dvc", "commit", "-f", "-q"], repo, env)
     assert "up to date" in run(["dvc", "status"], repo, env)
     return repo, env

@@ -431,3 +431,24 @@ def test_a_truncated_fine_tune_backup_falls_back_and_the_model_is_checked_before
                                                            (3, "fine_tune")]
     assert summary["epochs_per_phase"] == {"head": 1, "fine_tune": 3} and not (out / "backup").exists()
     keras.models.load_model(out / "model.keras")
+
+
+def test_bn_momentum_sets_how_fast_training_bn_statistics_follow():
+    from tasks.photo.train import build, set_bn_momentum
+
+    manifest = {"image_shape": [SIZE, SIZE, 3], "num_classes": CLASSES}
+    x = np.random.default_rng(0).integers(0, 256, (8, SIZE, SIZE, 3)).astype(np.uint8)
+    moved = {}
+    for momentum in (None, 0.9):
+        keras.utils.set_random_seed(0)
+        model, base, _ = build(photo_recipe({"base": "mobilenet_v2", "alpha": 0.35, "image_size": SIZE, "augment": False,
+                                             "bn_momentum": momentum}, "m"), manifest, None)
+        set_bn_momentum(base, momentum)
+        bn = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert {layer.momentum for layer in bn} == {0.999 if momentum is None else 0.9}  # None: Keras' own
+        backbones.set_trainable(base, 0, train_bn=True)
+        before = bn[0].moving_mean.numpy().copy()
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        model.fit(x, np.zeros(8), batch_size=8, epochs=1, verbose=0)
+        moved[momentum] = float(np.abs(bn[0].moving_mean.numpy() - before).max())
+    assert moved[0.9] == pytest.approx(100 * moved[None], rel=0.05)  # (1 - 0.9) / (1 - 0.999)

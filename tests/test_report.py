@@ -113,3 +113,24 @@ def test_every_exported_format_gets_a_page_row_and_flat_scores():
     two = {k: tflite[k] for k in ("float32", "int8")}  # a model exported before: the columns it always had
     assert set(scores({**row, "tflite": two})) == {"accuracy", "int8_accuracy", "int8_agreement", "float32_kb",
                                                    "int8_kb", "int8_latency_ms", "train_s", "epochs", "blessed"}
+
+
+def test_a_table_shows_retired_rows_from_their_kept_records(tmp_path):
+    from tasks.report.pages import write_index
+
+    reports = tmp_path / "reports"
+    row = {"key": "new", "dataset": "d", "arch": "a", "transfer_from": None, "freeze": None, "epochs_run": 3,
+           "best_val_accuracy": 0.9, "split": "test", "accuracy": 0.91, "tflite": {}, "seconds": 5.0, "blessed": True,
+           "params": 10, "val_accuracy": []}
+    (reports / "summaries").mkdir(parents=True)
+    (reports / "summaries" / "new.json").write_text(json.dumps(row))
+    (reports / "retired" / "old").mkdir(parents=True)
+    (reports / "retired" / "old" / "summary.json").write_text(json.dumps({**row, "key": "old", "split": "validation",
+                                                                          "accuracy": 0.95}))
+    table = {"heading": "T", "caption": "c", "models": ["new"], "retired": ["old"]}
+    text = write_index(reports, ["new"], {"tables": {"t": table}})["markdown"]
+    assert "| [new](new/README.md) | a | 10 | test | 91.00 % |" in text
+    assert "| [old](retired/old/README.md) | a | 10 | validation, retired | 95.00 % |" in text
+    assert text.index("[new](new/README.md) | a") < text.index("[old](retired/old/README.md)")
+    with pytest.raises(FileNotFoundError, match="retired model 'gone'"):
+        write_index(reports, ["new"], {"tables": {"t": {**table, "retired": ["gone"]}}})

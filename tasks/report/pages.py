@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 SUMMARIES = "summaries"   # reports/summaries/<model>.json: a page's row of the index
+RETIRED = "retired"       # reports/retired/<model>/: a retired recipe's last page, row (summary.json) and records
 # what each TFLite format of tasks/evaluate/export.py is, for the page's table
 TFLITE_FORMATS = {"float32": "the Keras model as trained",
                   "float16": "float16 weights (half the bytes), float32 maths on a CPU",
@@ -128,7 +129,52 @@ def tta_line(metrics: dict) -> list[str]:
             f"averaged over {' + '.join(tta['views'])}: {_pct(tta['accuracy'])} ({alone}).", ""]
 
 
-def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
+def machine_line(machine: dict | None) -> str:
+    """The machine a model trained on, as recorded (a bench record of its timed train@ run), or
+    "not recorded"; the CPU model only where a record names it."""
+    machine = machine or {}
+    gpus = machine.get("gpus")
+    trainer = (f"the trainer records only the GPUs it used: {gpus}" if gpus is not None
+               else "the trainer records none")
+    if not machine.get("recorded"):
+        return f"**Machine:** not recorded ({trainer})."
+    cpu = machine.get("cpu_model") or "CPU model not recorded"
+    fit = f", this model's fit {machine['fit_seconds']} s" if machine.get("fit_seconds") is not None else ""
+    return (f"**Machine:** {machine.get('cpus', '?')} CPUs, {machine.get('processor') or '?'} ({cpu}), from "
+            f"`{machine['source']}`'s timed `{machine.get('command')}` of {machine.get('when', '?')} "
+            f"({machine.get('seconds', '?')} s wall{fit}); {trainer}.")
+
+
+def provenance_lines(prov: dict | None) -> list[str]:
+    """Markdown: the code train@ ran (its dvc.lock code hashes as read when the page was written), whether
+    that lock entry is this model's run, and the machine; or that none of it was recorded."""
+    if not prov:
+        return ["## What made these numbers", "", "**Code:** not recorded (the page was written without dvc.lock).", ""]
+    stage, lock = prov.get("stage", "train@?"), prov.get("lock", "dvc.lock")
+    lines = ["## What made these numbers", ""]
+    if not prov.get("in_lock"):
+        lines += [f"**Code:** not recorded: `{lock}` has no `{stage}` entry (no DVC run of this checkout "
+                  "recorded its training).", ""]
+    else:
+        lines += [f"**Code:** `{stage}` ran the code below (code id `{prov.get('code_id')}`), as `{lock}` recorded it "
+                  f"when this page was written (read at report time; `tlpipe status` says whether the tree still "
+                  f"matches). Numbers in `docs/history.md` and `reports/retired/` came from earlier runs: "
+                  "the same code only where they show the same code id.", "",
+                  "| code | md5 in dvc.lock |", "|---|---|",
+                  *[f"| {path} | `{md5}` |" for path, md5 in sorted((prov.get("code") or {}).items())], ""]
+        tj = prov.get("train_json") or {}
+        if tj.get("matches") is True:
+            lines += [f"That entry recorded this model's `{tj.get('path')}` (md5 `{tj.get('lock_md5')}`): it is the "
+                      "run that made these numbers.", ""]
+        elif tj.get("matches") is False:
+            lines += [f"**Warning:** that entry recorded another `{tj.get('path')}` (md5 `{tj.get('lock_md5')}`) than "
+                      "the one beside the model: these hashes may not be the code that made it.", ""]
+    lines += [machine_line(prov.get("machine")), ""]
+    return lines
+
+
+def model_page(key: str, metrics: dict, train: dict, per_class: dict,
+               provenance: dict | None = None) -> str:
     recipe = train.get("recipe", {})
     lines = [f"# {key}", "",
              f"Dataset `{recipe.get('dataset', train.get('dataset', '?'))}`, arch `{architecture(recipe)}`"
@@ -145,6 +191,8 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict) -> str:
             lines.append(f"| {name} | {value} |")
     gate = metrics.get("blessing", {})
     lines += ["", f"**Gate:** {'blessed' if metrics.get('blessed') else 'NOT blessed'} — {gate.get('reason', '')}", ""]
+    if provenance is not None:
+        lines += provenance_lines(provenance)
     tflite = metrics.get("tflite")
     if tflite:
         lines += ["## TFLite", "", "Every format exported (`export.formats`), scored on the same split: its accuracy, "
@@ -192,10 +240,12 @@ def scores(summary: dict) -> dict:
             **({"tta_accuracy": summary["tta_accuracy"]} if summary.get("tta_accuracy") is not None else {})}
 
 
-def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -> dict:
+def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None,
+               provenance: dict | None = None) -> dict:
     """report_page@<key>: the model's page (README.md, curves.png), its scores (reports/<key>/scores.json:
     the metrics DVC shows) and its index row (reports/summaries/<key>.json: the row's numbers and the
-    validation curve)."""
+    validation curve). `provenance`: plain values of what made the model (its train@ code hashes from
+    dvc.lock, the machine: tasks/stages/provenance.py), said on the page and kept in the row."""
     from tasks.core.io import write_json
 
     reports_dir = Path(reports_dir)
@@ -207,8 +257,8 @@ def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -
     history = _load(models_dir / key / "history.json", [])
     if history:
         plot_curves(history, page_dir / "curves.png", key)
-    (page_dir / "README.md").write_text(model_page(key, metrics, train, _load(page_dir / "per_class.json", {})),
-                                        encoding="utf-8")
+    (page_dir / "README.md").write_text(model_page(key, metrics, train, _load(page_dir / "per_class.json", {}),
+                                                   provenance), encoding="utf-8")
     recipe = train.get("recipe", {})
     summary = {"key": key, "dataset": recipe.get("dataset", "?"), "arch": architecture(recipe),
                "transfer_from": recipe.get("transfer_from"), "freeze": recipe.get("freeze"),
@@ -217,6 +267,7 @@ def write_page(reports_dir: Path, key: str, *, models_dir: Path | None = None) -
                "tflite": metrics.get("tflite", {}), "seconds": train.get("fit_seconds"),
                "blessed": bool(metrics.get("blessed")), "params": train.get("params"),
                **({"tta_accuracy": metrics["tta"]["accuracy"]} if metrics.get("tta") else {}),
+               **({"provenance": provenance} if provenance is not None else {}),
                "val_accuracy": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history]}
     write_json(page_dir / "scores.json", scores(summary))
     (reports_dir / SUMMARIES).mkdir(parents=True, exist_ok=True)
@@ -234,21 +285,56 @@ def _row(r: dict) -> str:
 
 
 def model_table(table: dict, rows: dict) -> list[str]:
-    """Markdown of a params `report.tables` entry ({heading, caption, models}): parameters, evaluation
-    accuracy, int8 accuracy and agreement with float32, train time, one row per listed model."""
+    """Markdown of a params `report.tables` entry ({heading, caption, models, retired}): parameters, evaluation
+    accuracy, int8 accuracy and agreement with float32, train time, one row per listed model, then one per
+    `retired` model (its last page and row, kept in reports/retired/<key>/: history beside the new rows)."""
     lines = [f"## {table.get('heading', 'Models')}", "", table.get("caption", ""), "",
              "| model | arch | parameters | scored on | accuracy (Keras) | int8 TFLite acc | int8 agreement | epochs | "
              "train s |", "|---|---|---|---|---|---|---|---|---|"]
-    for key in table.get("models") or []:
+    retired = set(table.get("retired") or [])
+    for key in [*(table.get("models") or []), *(table.get("retired") or [])]:
         r = rows[key]
         i8 = r["tflite"].get("int8", {})
         params = f"{r['params']:,}" if r.get("params") is not None else "–"
         tta = f" (TTA {_pct(r['tta_accuracy'])})" if r.get("tta_accuracy") is not None else ""
-        lines.append(f"| [{key}]({key}/README.md) | {r['arch']} | {params} | {r.get('split', '–')} | {_pct(r['accuracy'])}{tta} | "
+        page = f"{RETIRED}/{key}/README.md" if key in retired else f"{key}/README.md"
+        split = f"{r.get('split', '–')}, retired" if key in retired else r.get("split", "–")
+        lines.append(f"| [{key}]({page}) | {r['arch']} | {params} | {split} | {_pct(r['accuracy'])}{tta} | "
                      f"{_pct(i8.get('accuracy'))} | {_pct(i8.get('agreement'))} | "
                      f"{r['epochs_run'] if r['epochs_run'] is not None else '–'} | "
                      f"{r['seconds'] if r['seconds'] is not None else '–'} |")
     return lines + [""]
+
+
+def made_by(rows: list[dict], retired: list[dict] = ()) -> list[str]:
+    """Markdown: which code made each model's numbers (its train@ code id and hashes from dvc.lock, as its
+    page recorded them) and on what machine; models that ran the same code share an id. `retired`: the
+    rows the tables above keep from reports/retired/ (docs/history.md), marked so: earlier runs, with a
+    code id only where their kept row recorded one."""
+    lines = ["## What made these numbers", "",
+             "Each model's `train@` code as `dvc.lock` recorded it when its page was written (md5 of each "
+             "package, first 8 hex digits; the full ones are on its page), and the machine where a record names "
+             "it. The same code id, the same code. A *retired* row came from an earlier run "
+             "(`reports/retired/`, `docs/history.md`), not from this `dvc.lock`; `tlpipe status` lists what "
+             "changed since.", "",
+             "| model | code id | train@ code (md5 in dvc.lock) | machine |", "|---|---|---|---|"]
+    for r in [*rows, *({**r, "key": f"{r['key']} (*retired*)"} for r in retired)]:
+        prov = r.get("provenance")
+        if not prov or not prov.get("in_lock"):
+            lines.append(f"| {r['key']} | – | not recorded | {_machine_cell(prov)} |")
+            continue
+        code = ", ".join(f"{p} `{h[:8]}`" for p, h in sorted((prov.get("code") or {}).items()))
+        warn = " (**another train.json**)" if (prov.get("train_json") or {}).get("matches") is False else ""
+        lines.append(f"| {r['key']} | `{prov.get('code_id')}`{warn} | {code} | {_machine_cell(prov)} |")
+    return lines + [""]
+
+
+def _machine_cell(prov: dict | None) -> str:
+    machine = (prov or {}).get("machine") or {}
+    if not machine.get("recorded"):
+        return "not recorded"
+    return (f"{machine.get('cpus', '?')} CPUs, {machine.get('processor') or '?'}"
+            f"{', ' + machine['cpu_model'] if machine.get('cpu_model') else ''} ({machine.get('when', '?')})")
 
 
 def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = None,
@@ -280,7 +366,18 @@ def write_index(reports_dir: Path, model_keys: list[str], config: dict | None = 
                   "![transfer](transfer.png)", ""]
     by_key = {r["key"]: r for r in rows}
     for table in (config.get("tables") or {}).values():
+        for key in table.get("retired") or []:
+            path = reports_dir / RETIRED / key / "summary.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: report table lists retired model {key!r}, whose last row is kept "
+                                        f"there (reports/{RETIRED}/<key>/summary.json); remove it from `retired`")
+            by_key.setdefault(key, json.loads(path.read_text()))
+    for table in (config.get("tables") or {}).values():
         lines += model_table(table, by_key)
+    current = {r["key"] for r in rows}
+    retired = [by_key[k] for k in dict.fromkeys(k for t in (config.get("tables") or {}).values()
+                                                 for k in t.get("retired") or []) if k not in current]
+    lines += made_by(rows, retired)
     text = "\n".join(lines)
     (reports_dir / "README.md").write_text(text, encoding="utf-8")
     return {"index": reports_dir / "README.md", "markdown": text}

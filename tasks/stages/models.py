@@ -131,15 +131,23 @@ def model_description(params: dict, key: str) -> dict:
 
 
 def report_page_stage(project: Project, key: str) -> dict:
-    """report_page@<key>: the model's page and its row of the index (reports/summaries/<key>.json)."""
+    """report_page@<key>: the model's page and its row of the index (reports/summaries/<key>.json), with
+    what made it: train@<key>'s code hashes as dvc.lock records them and the machine where a record
+    names it (tasks/stages/provenance.py). Both are read at report time and are not deps in dvc.yaml:
+    dvc.lock is rewritten by every stage DVC runs (as a dep no page would stay up to date), and the
+    train@ entry changes only with a new train.json, which is a dep; the page says so, and whether the
+    entry recorded the train.json beside the model."""
     from tasks.report.pages import write_page
+    from tasks.stages.provenance import train_provenance
 
     model_params(project.params(), key)  # an unknown key fails here, not with a missing file
-    return write_page(project.root / "reports", key, models_dir=project.root / "models")
+    return write_page(project.root / "reports", key, models_dir=project.root / "models",
+                      provenance=train_provenance(project, key))
 
 
 def report_stage(project: Project) -> dict:
-    """report: reports/README.md from every model's page summary, in params order."""
+    """report: reports/README.md from every model's page summary, in params order; what made each model
+    (code id, hashes, machine) comes from the summaries its page wrote, so the index reads no dvc.lock."""
     from tasks.report.pages import write_index
 
     params = project.params()

@@ -42,7 +42,7 @@ WEIGHTS = ("arch", "alpha", "url", "sha256", "allow_unpinned", "mirror_alternati
            "package", "package_file")
 FEATURES = ("dataset", "seed")          # besides tasks/photo/features.py FEATURES_DEFAULTS
 REPORT = {"transfer": ("models", "dashed", "title", "heading", "caption"), "tables": ()}
-REPORT_TABLE = ("heading", "caption", "models")  # each entry of report.tables
+REPORT_TABLE = ("heading", "caption", "models", "retired")  # each entry of report.tables
 # Keys every recipe names: DVC interpolates them into its train stage's deps, and cannot default them.
 RECIPE_REQUIRED = ("dataset", "init", "trainer")
 RECIPE_COMMON = (*RECIPE_REQUIRED, "min_accuracy")
@@ -482,6 +482,7 @@ VALUES: dict[str, Spec] = {
     "head": Choice(("photo/heads.py", "HEADS")), "dropout": Num(0, 1, hi_open=True), "head_epochs": COUNT,
     "head_lr": POSITIVE, "freeze_base": Bool(), "fine_tune_epochs": COUNT, "fine_tune_lr": POSITIVE,
     "fine_tune_from": Int(), "fine_tune_schedule": Choice(names=SCHEDULES), "train_bn": Bool(),
+    "bn_momentum": Num(0, 1, hi_open=True, null_ok=True),
     "steps_per_epoch": SIZE, "label_smoothing": FRACTION, "cache_images": Bool(), "distill_weight": FRACTION,
     # evaluate (min_accuracy/max_regression: EVALUATE_VALUES), export
     "top_k": SIZE, "max_regression": FRACTION, "grid": COUNT, "most_confused": COUNT,
@@ -496,6 +497,7 @@ VALUES: dict[str, Spec] = {
     "tables": OpenMap(Table(lambda: fields(REPORT_TABLE)), Str(ENTRY_NAME.pattern, "a name"),
                       "a mapping name -> {heading, caption, models}", null_ok=True),
     "models": MODEL_LIST, "dashed": MODEL_LIST, "title": TEXT, "heading": TEXT, "caption": TEXT,
+    "retired": Seq(Str(ENTRY_NAME.pattern, "a retired model key (reports/retired/<key>/)"), null_ok=True),
 }
 # Where a key name means something else.
 WEIGHTS_VALUES = {"arch": Choice(("fetch/weights.py", "ARCHS"))}
