@@ -357,8 +357,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=16, help="with --out: images per interpreter call")
     p.add_argument("--threads", type=_positive, default=None,
                    help="with --out: decoding threads and the interpreter's threads (default: every core)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="with --out: only the start and end lines (no progress bar or progress lines)")
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
     p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "
