@@ -26,10 +26,14 @@
 
     -v/--verbose              also show TensorFlow's start-up log, Keras' export printout and other
                               libraries' INFO logs (httpx, DVC, ...); quiet by default (tasks/stages/console.py)
+    -q/--quiet                only a stage's start and end lines (and warnings, errors): no progress, no
+                              epoch lines (TLPIPE_QUIET=1, which the stages a `tlpipe pipeline` runs inherit)
     --json                    a stage's full result as JSON after its closing line
 
 A stage prints one line when it starts and one when it ends (what it made, how long); training prints
-one line per epoch (a live progress bar on a terminal).
+one line per epoch. A long phase (features, teach, an export's calibration and parity passes, the batches
+of an epoch, check, prepare on a big folder) shows a live bar on a terminal and, in a log, a line about
+every 30 s (TLPIPE_PROGRESS_INTERVAL seconds) and one when it ends (tasks/core/progress.py).
 
 An error prints one line (what failed, the file, what to do) and exits 1; `--traceback` (anywhere
 on the line) or TLPIPE_TRACEBACK=1 shows the stack instead.
@@ -43,6 +47,7 @@ import os
 import sys
 import time
 
+from tasks.core import progress
 from tasks.stages import console
 from tasks.stages.project import find_project
 
@@ -53,22 +58,26 @@ NEEDS_TF = ("prepare", "check", "features", "teach", "train", "evaluate", "expor
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    loud = console.configure(args.verbose)  # before anything imports TensorFlow
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-q (less) and -v (more): give one of them")
+    loud = console.configure(args.verbose, args.quiet)  # before anything imports TensorFlow
     # Our own loggers at INFO; third-party ones (httpx logs every Prefect API call) at WARNING unless asked.
     logging.basicConfig(level=logging.INFO if loud else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not loud:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(console.Formatter())
-    for name in ("tasks", "flows"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    for name in ("tasks", "flows"):  # -q: our warnings and errors only
+        logging.getLogger(name).setLevel(logging.WARNING if console.quiet() else logging.INFO)
     show_stack = getattr(args, "traceback", False) or os.environ.get("TLPIPE_TRACEBACK", "") not in ("", "0")
     label = " ".join(str(a) for a in (args.command, getattr(args, "key", None)) if a)
     stage = args.command in STAGES
     start = time.perf_counter()
     try:
         if stage:
+            progress.interval()  # a bad TLPIPE_PROGRESS_INTERVAL is said before any work
             _check_runner()  # before any work: not while a `tlpipe pipeline` that did not start us runs
             print(f"tlpipe {label}: started", flush=True)
         if args.command in NEEDS_TF:
@@ -303,6 +312,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show TensorFlow's log, Keras' printout and third-party INFO logs too")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only a stage's start and end lines: no progress lines or bars, no epoch lines")
     parser.add_argument("--json", action="store_true", help="print a stage's full result as JSON")
     parser.add_argument("--traceback", action="store_true",
                         help="on an error, show the Python stack instead of one line (or TLPIPE_TRACEBACK=1)")
@@ -346,8 +357,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=16, help="with --out: images per interpreter call")
     p.add_argument("--threads", type=_positive, default=None,
                    help="with --out: decoding threads and the interpreter's threads (default: every core)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="with --out: only the start and end lines (no progress bar or progress lines)")
     p.set_defaults(run=_predict)
     p = sub.add_parser("pipeline", help="run the whole DAG as a Prefect flow")
     p.add_argument("keys", nargs="*", help="datasets (default: params.yaml `datasets`), or any dvc.yaml stage "
@@ -378,6 +387,8 @@ def _parser() -> argparse.ArgumentParser:
             continue
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="show TensorFlow's log, Keras' printout and third-party INFO logs too")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only the stage's start and end lines: no progress, no epoch lines")
         if name in STAGES:
             p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                            help="print the stage's full result as JSON")

@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def cross_val_probs(x: np.ndarray, y: np.ndarray, num_classes: int, folds: int, seed: int) -> np.ndarray:
-    """N x num_classes probabilities, each row from the fold model that did not train on it."""
+def cross_val_probs(x: np.ndarray, y: np.ndarray, num_classes: int, folds: int, seed: int,
+                    label: str = "label check") -> np.ndarray:
+    """N x num_classes probabilities, each row from the fold model that did not train on it (the folds'
+    progress reported as `label`, tasks/core/progress.py)."""
+    from tasks.core.progress import Progress
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
@@ -26,15 +29,16 @@ def cross_val_probs(x: np.ndarray, y: np.ndarray, num_classes: int, folds: int, 
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(seed))
     import warnings
 
-    for train, held in splitter.split(x, y):
-        scaler = StandardScaler().fit(x[train])
-        model = LogisticRegression(C=1.0, max_iter=300, tol=1e-3)
-        with warnings.catch_warnings():  # a fold missing a rare class, or lbfgs' iteration cap: not errors here
-            warnings.simplefilter("ignore")
-            model.fit(scaler.transform(x[train]), y[train])
-        p = np.zeros((len(held), num_classes))
-        p[:, model.classes_] = model.predict_proba(scaler.transform(x[held]))
-        probs[held] = p
+    with Progress(label, folds, "folds") as done:
+        for train, held in done.iterate(splitter.split(x, y)):
+            scaler = StandardScaler().fit(x[train])
+            model = LogisticRegression(C=1.0, max_iter=300, tol=1e-3)
+            with warnings.catch_warnings():  # a fold missing a rare class, or lbfgs' iteration cap: not errors here
+                warnings.simplefilter("ignore")
+                model.fit(scaler.transform(x[train]), y[train])
+            p = np.zeros((len(held), num_classes))
+            p[:, model.classes_] = model.predict_proba(scaler.transform(x[held]))
+            probs[held] = p
     return probs
 
 

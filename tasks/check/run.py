@@ -22,6 +22,7 @@ import numpy as np
 from tasks.check import labels as label_check
 from tasks.check import similar
 from tasks.core.io import atomic_dir, write_json
+from tasks.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ def check(key: str, processed_dir: Path, raw_dir: Path, out_dir: Path, cfg: dict
     manifest = load_manifest(processed_dir)
     names = [manifest["labels"][str(i)] for i in range(int(manifest["num_classes"]))]
     photos = manifest.get("kind") == "image_folder"
-    data = scan(processed_dir, manifest, s, photos)
+    data = scan(processed_dir, manifest, s, photos, label=f"check {key}")
     data["names"] = names
     rows = pairs_photos(data, s) if photos else pairs_arrays(data, s)
-    rows += issues(data, s, photos)
+    rows += issues(data, s, photos, label=f"check {key} labels")
     rows += outliers(data, s, photos, raw_dir, manifest)
     summary = summarise(key, data, rows, s, photos, manifest)
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -105,10 +106,11 @@ def check(key: str, processed_dir: Path, raw_dir: Path, out_dir: Path, cfg: dict
 # ---------------------------------------------------------------- one pass over the shards
 
 
-def scan(processed_dir: Path, manifest: dict, s: dict, photos: bool) -> dict:
+def scan(processed_dir: Path, manifest: dict, s: dict, photos: bool, label: str = "check") -> dict:
     """Per example: id, split, label, and (photos) embedding, perceptual hash, brightness, sharpness,
     colourfulness; (arrays) the pixels. Streams the shards batch by batch: memory is the per-example
-    numbers, not the images (the pixels of an array dataset are kept: 28x28 bytes each)."""
+    numbers, not the images (the pixels of an array dataset are kept: 28x28 bytes each). Its progress
+    is reported as `label` (tasks/core/progress.py)."""
     import tensorflow as tf
 
     from tasks.records.shards import read_split
@@ -116,23 +118,26 @@ def scan(processed_dir: Path, manifest: dict, s: dict, photos: bool) -> dict:
     embed = embedder(manifest["image_shape"], int(s["image_size"])) if photos else None
     ids, splits, labels, feats, grids, hashes, pixels, thumbs = [], [], [], [], [], [], [], []
     stats = {"brightness": [], "sharpness": [], "colour": []}
-    for split in manifest["splits"]:
-        for x, y, sid in read_split(processed_dir, split, batch_size=int(s["batch_size"]), manifest=manifest,
-                                    with_ids=True):
-            x_np = x.numpy()
-            ids += [i.decode() for i in sid.numpy()]
-            splits += [split] * len(x_np)
-            labels.append(y.numpy())
-            for name, value in image_stats(x_np).items():
-                stats[name].append(value)
-            if photos:
-                pooled, grid = embed(tf.constant(x_np))
-                feats.append(pooled.numpy())
-                grids.append(grid.numpy())
-                hashes += [phash(img) for img in x_np]
-                thumbs += [similar.thumbnail(img) for img in x_np]
-            else:
-                pixels.append(x_np.reshape(len(x_np), -1))
+    total = sum(int(entry["count"]) for entry in manifest["splits"].values())
+    with Progress(label, total, "images") as done:  # it only prints
+        for split in manifest["splits"]:
+            for x, y, sid in read_split(processed_dir, split, batch_size=int(s["batch_size"]), manifest=manifest,
+                                        with_ids=True):
+                x_np = x.numpy()
+                ids += [i.decode() for i in sid.numpy()]
+                splits += [split] * len(x_np)
+                labels.append(y.numpy())
+                for name, value in image_stats(x_np).items():
+                    stats[name].append(value)
+                if photos:
+                    pooled, grid = embed(tf.constant(x_np))
+                    feats.append(pooled.numpy())
+                    grids.append(grid.numpy())
+                    hashes += [phash(img) for img in x_np]
+                    thumbs += [similar.thumbnail(img) for img in x_np]
+                else:
+                    pixels.append(x_np.reshape(len(x_np), -1))
+                done.update(len(x_np))
     out = {"ids": ids, "splits": np.array(splits, dtype=object), "labels": np.concatenate(labels).astype(np.int64),
            **{k: np.concatenate(v) for k, v in stats.items()}}
     if photos:
@@ -270,10 +275,11 @@ def pairs_arrays(data: dict, s: dict) -> list[dict]:
 # ---------------------------------------------------------------- labels, outliers
 
 
-def issues(data: dict, s: dict, photos: bool) -> list[dict]:
+def issues(data: dict, s: dict, photos: bool, label: str = "check labels") -> list[dict]:
     k = len(data["names"])
     if photos:
-        probs = label_check.cross_val_probs(data["grid"], data["labels"], k, int(s["folds"]), int(s["seed"]))
+        probs = label_check.cross_val_probs(data["grid"], data["labels"], k, int(s["folds"]), int(s["seed"]),
+                                            label=label)
     else:
         probs = label_check.neighbour_probs(data["neighbours"], data["labels"], k, data["similarity"])
     data["probs"] = probs

@@ -23,8 +23,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from tasks.fit import (HAVE_TENSORBOARD, BestModel, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir,
-                       progress, read_log, save_model, setup)
+from tasks.fit import (HAVE_TENSORBOARD, BestModel, CrashSafeBackup, LiveLogger, finish, fit_progress, learning_rate,
+                       prepare_out_dir, progress, read_log, save_model, setup)
 from tasks.core.hashing import sha256_file
 from tasks.core.io import write_json
 from tasks.core.seeds import Seeds
@@ -201,7 +201,8 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, source_mo
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb")))
     safe = CrashSafeBackup(backup, log_csv=log_csv, live_dir=live_dir, checkpoint=checkpoint)
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]), callbacks=safe.callbacks(callbacks),
+    model.fit(train_ds, validation_data=val_ds, epochs=int(recipe["epochs"]),
+              callbacks=[*safe.callbacks(callbacks), fit_progress(f"train {model_key}")],
               shuffle=False, verbose=progress())  # shuffled by tf.data
     if not (out_dir / "model.keras").exists():  # no epoch improved on nothing: cannot happen unless 0 epochs
         save_model(model, out_dir / "model.keras")

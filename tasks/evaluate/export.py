@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.io import atomic_dir, room_for, write_json
+from tasks.core.progress import Progress, keras_callback
 from tasks.records.tables import PREDICTIONS, PREDICTIONS_TFLITE
 from tasks.evaluate.tflite_metadata import add_classifier_metadata
 
@@ -120,10 +121,11 @@ def to_tflite_dynamic(model) -> bytes:
         return converter.convert()
 
 
-def to_tflite(kind: str, model, representative: np.ndarray | None = None) -> bytes:
-    """The TFLite bytes of `model` in format `kind` (one of FORMATS; int8 needs `representative`)."""
+def to_tflite(kind: str, model, representative: np.ndarray | None = None, label: str = "int8 calibration") -> bytes:
+    """The TFLite bytes of `model` in format `kind` (one of FORMATS; int8 needs `representative`;
+    `label`: what its calibration pass's progress is called)."""
     if kind == "int8":
-        return to_tflite_int8(model, representative)
+        return to_tflite_int8(model, representative, label)
     converters = {"float32": to_tflite_float32, "float16": to_tflite_float16, "dynamic": to_tflite_dynamic}
     if kind not in converters:
         raise ValueError(f"no TFLite format {kind!r}: expected one of {', '.join(FORMATS)}")
@@ -147,9 +149,10 @@ def tflite_path(folder: Path, kind: str) -> Path:
     return Path(folder) / f"model_{kind}.tflite"
 
 
-def to_tflite_int8(model, representative: np.ndarray) -> bytes:
+def to_tflite_int8(model, representative: np.ndarray, label: str = "int8 calibration") -> bytes:
     """Full-integer quantisation (int8 weights and activations) calibrated on `representative`,
-    with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores.
+    with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores. The calibration pass
+    reports its progress as `label` (tasks/core/progress.py; the samples it is fed are unchanged).
 
     The input's range comes from the calibration data, so one calibration image gets a 0 and a 255
     pixel (one pixel each): the input scale is then exactly 1, whatever the images' own range."""
@@ -159,9 +162,16 @@ def to_tflite_int8(model, representative: np.ndarray) -> bytes:
     flat = representative[0].reshape(-1, representative.shape[-1] if representative.ndim == 4 else 1)
     flat[0], flat[-1] = 0, 255
     representative[0] = flat.reshape(representative[0].shape)
+
+    def calibration():
+        with Progress(label, len(representative), "images") as done:
+            for x in representative:
+                yield [x[None].astype(np.float32)]
+                done.update()
+
     with _converter(_float_input_model(model)) as converter:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in representative)
+        converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
@@ -190,8 +200,9 @@ def dequantize_output(raw: np.ndarray, detail: dict) -> np.ndarray:
     return raw.astype(np.float32)
 
 
-def run_tflite(model_path: Path, images: np.ndarray, batch_size: int = 256, num_threads: int = 1) -> np.ndarray:
-    """Scores (dequantised) of a TFLite model on raw uint8 images, in batches."""
+def run_tflite(model_path: Path, images: np.ndarray, batch_size: int = 256, num_threads: int = 1,
+               done: Progress | None = None) -> np.ndarray:
+    """Scores (dequantised) of a TFLite model on raw uint8 images, in batches (each counted in `done`)."""
     interp = make_interpreter(model_path, num_threads)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     scores, current = [], None
@@ -204,6 +215,8 @@ def run_tflite(model_path: Path, images: np.ndarray, batch_size: int = 256, num_
         interp.set_tensor(inp["index"], quantize_input(batch, inp))
         interp.invoke()
         scores.append(dequantize_output(interp.get_tensor(out["index"]), out))
+        if done is not None:
+            done.update(len(batch))
     return np.concatenate(scores)
 
 
@@ -273,7 +286,8 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     with atomic_dir(folder) as tmp:
         for kind, path in files.items():
             with room_for(path):  # also the converter's SavedModel in the temp dir
-                (tmp / path.name).write_bytes(to_tflite(kind, model, representative if kind == "int8" else None))
+                (tmp / path.name).write_bytes(to_tflite(kind, model, representative if kind == "int8" else None,
+                                                        f"export {out_dir.name} int8 calibration"))
             sizes[kind] = add_classifier_metadata(tmp / path.name, {**meta, "name": f"{meta['name']} ({kind})"},
                                                   names, label_attributes=manifest.get("label_attributes") or None,
                                                   output=path)
@@ -283,9 +297,11 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
 
     split = evaluation_split(manifest, Path(processed_dir) / "manifest.json")
     images, labels, _, ids = load_arrays(processed_dir, split, with_ids=True)
-    keras_pred = model.predict(images, batch_size=512, verbose=0).argmax(axis=1)
-    scores = {kind: run_tflite(path, images, int(cfg["batch_size"]), int(cfg["num_threads"]))
-              for kind, path in files.items()}
+    keras_pred = model.predict(images, batch_size=512, verbose=0,
+                               callbacks=[keras_callback(f"export {out_dir.name} parity keras")]).argmax(axis=1)
+    with Progress(f"export {out_dir.name} parity {'/'.join(files)}", len(images) * len(files), "images") as done:
+        scores = {kind: run_tflite(path, images, int(cfg["batch_size"]), int(cfg["num_threads"]), done)
+                  for kind, path in files.items()}
     result = {kind: parity(path, images, labels, keras_pred, cfg, scores[kind]) for kind, path in files.items()}
     for kind in files:
         result[kind]["bytes_without_metadata"] = sizes[kind]["bytes_without"]

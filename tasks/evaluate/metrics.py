@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.io import write_json
+from tasks.core.progress import keras_callback
 
 EVAL_DEFAULTS = {"top_k": 3, "min_accuracy": 0.0, "max_regression": 0.005, "batch_size": 512,
                  "grid": 25, "most_confused": 10, "tta": {}}
@@ -234,7 +235,8 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     split = evaluation_split(manifest, Path(processed_dir) / "manifest.json")
     images, y_true, names, ids = load_arrays(processed_dir, split, with_ids=True)
     model = keras.models.load_model(model_path)
-    probs = model.predict(images, batch_size=int(cfg["batch_size"]), verbose=0)
+    probs = model.predict(images, batch_size=int(cfg["batch_size"]), verbose=0,
+                          callbacks=[keras_callback(f"evaluate {out_dir.name}")])  # it only prints
     y_pred = probs.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, len(names))
     per_class = per_class_metrics(cm, names)
@@ -252,7 +254,8 @@ def evaluate(model_path: Path, processed_dir: Path, out_dir: Path, params: dict,
     }
     views = (cfg["tta"] or {}).get(manifest.get("dataset"))
     if views:  # the dataset allows these views at test time: their averaged score, reported on its own
-        metrics["tta"] = tta_scores(lambda x: model.predict(x, batch_size=int(cfg["batch_size"]), verbose=0),
+        metrics["tta"] = tta_scores(lambda x: model.predict(x, batch_size=int(cfg["batch_size"]), verbose=0,
+                                                            callbacks=[keras_callback(f"evaluate {out_dir.name} tta")]),
                                     images, y_true, probs, views)
     by_attribute = attribute_accuracy(y_true, y_pred, names, manifest.get("label_attributes") or {})
     metrics.update({f"{attr}_accuracy": v["accuracy"] for attr, v in by_attribute.items()})

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tasks.core import progress as core_progress
 from tasks.core.hashing import sha256_file
 from tasks.core.io import atomic_path, room_for, write_json
 
@@ -26,8 +27,17 @@ HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 def progress() -> int:
     """Keras `fit` verbosity: a live progress bar on a terminal (a fine-tune epoch of minutes is not
-    silent), one line per epoch in a log or a pipe (DVC, Prefect, CI)."""
+    silent), one line per epoch in a log or a pipe (DVC, Prefect, CI), where `fit_progress` adds a line
+    about every 30 s within an epoch; none with `tlpipe -q`. Verbosity only prints: the fit is the same."""
+    if core_progress.quiet():
+        return 0
     return 1 if sys.stdout.isatty() else 2
+
+
+def fit_progress(label: str):
+    """The callback that reports a fit's batches within each epoch in a log (tasks/core/progress.py);
+    last in a fit's callbacks. It only prints."""
+    return core_progress.keras_callback(label)
 
 
 def setup(seed: int, gpus: list):

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.io import atomic_dir, write_json
+from tasks.core.progress import Progress
 
 FEATURES_DEFAULTS = {"base": "mobilenet_v2", "alpha": 1.0, "image_size": None, "weights": None,
                      "batch_size": 64, "pool": True, "cut": None, "views": 1, "augment": False}
@@ -80,7 +81,8 @@ def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Pa
     speed = {"splits": {}}
     dtype = np.float32 if pooled else np.float16  # maps: 7x7x1280 per image; half the disk
     start = time.time()
-    with atomic_dir(out_dir) as tmp:
+    label, count = f"features {out_dir.name}", images_to_cache(manifest, info)
+    with atomic_dir(out_dir) as tmp, Progress(label, count, "images") as done:  # progress only prints
         for split in manifest["splits"]:
             t = time.time()
             feats, labels, ids, views = [], [], [], []
@@ -89,6 +91,7 @@ def compute_features(processed_dir: Path, weights_path: Path | None, out_dir: Pa
                 labels.append(y.numpy())
                 ids.append(sid.numpy())
                 views.append(np.full(len(labels[-1]), view, np.int16))
+                done.update(len(labels[-1]))
             arrays = {"features": np.concatenate(feats) if feats else np.zeros((0, *info["shape"]), dtype),
                       "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
                       "ids": np.array([i.decode() for part in ids for i in part], dtype=str)}
@@ -143,6 +146,14 @@ def below_cut(base, cut: str):
         raise ValueError(f"features cut {cut!r}: that layer takes {len(layer.input)} inputs; cut at the first layer "
                          f"of a block, where one tensor enters")
     return keras.Model(base.inputs, layer.input, name="lower"), names.index(cut)
+
+
+def images_to_cache(manifest: dict, info: dict, splits=None) -> int:
+    """How many images `cached_images` yields over `splits` (default: all): a views cache's train split
+    V times."""
+    views = int(info.get("views", 1))
+    return sum(int(entry["count"]) * (views if split == "train" else 1)
+               for split, entry in manifest["splits"].items() if splits is None or split in splits)
 
 
 def cached_images(processed_dir: Path, split: str, info: dict, manifest: dict, batch_size: int | None = None):

@@ -21,6 +21,7 @@ import numpy as np
 
 from tasks.core.hashing import sha256_file
 from tasks.core.io import atomic_dir, write_json
+from tasks.core.progress import Progress
 
 log = logging.getLogger(__name__)
 INFO, TARGETS = "teach.json", "targets.npy"
@@ -65,9 +66,12 @@ def teach(teacher_path: Path, data_dir: Path, cache: Path, out_dir: Path, cfg: d
     info = json.loads((cache / features.INFO).read_text())
     start = time.time()
     probs, labels = [], []
-    for x, y, _, _ in features.cached_images(data_dir, "train", info, manifest):  # the cache's batches: its views
-        probs.append(teacher(x, training=False).numpy().astype(np.float64))
-        labels.append(y.numpy())
+    done = Progress(f"teach {Path(out_dir).name}", features.images_to_cache(manifest, info, ("train",)), "images")
+    with done:  # only prints
+        for x, y, _, _ in features.cached_images(data_dir, "train", info, manifest):  # the cache's batches: its views
+            probs.append(teacher(x, training=False).numpy().astype(np.float64))
+            labels.append(y.numpy())
+            done.update(len(labels[-1]))
     probs, labels = np.concatenate(probs), np.concatenate(labels)
     if not np.array_equal(features.load_split(cache, "train")[1], labels):
         raise ValueError(f"{cache}: the cached train split is not in the shards' order; rerun features@")

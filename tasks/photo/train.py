@@ -27,9 +27,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks.fit import (HAVE_TENSORBOARD, CrashSafeBackup, LiveLogger, finish, learning_rate, prepare_out_dir, progress,
-                       read_log, save_model, save_weights, setup)
+from tasks.fit import (HAVE_TENSORBOARD, CrashSafeBackup, LiveLogger, finish, fit_progress, learning_rate,
+                       prepare_out_dir, progress, read_log, save_model, save_weights, setup)
 from tasks.core.io import write_json
+from tasks.core.progress import Progress
 from tasks.photo import augment as aug
 from tasks.photo import backbones, features, heads, teach
 from tasks.core.seeds import Seeds
@@ -152,12 +153,15 @@ def on_cut(base: keras.Model, info: dict, num_classes: int, recipe: dict) -> tup
     return top, keras.Model(inputs, outputs, name="on_cut")
 
 
-def pooled_top(top: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def pooled_top(top: keras.Model, x: np.ndarray, batch_size: int = 64, label: str = "top") -> np.ndarray:
     """The top's globally pooled output (float32 N x D) for cached activations `x` (the head phase of a
-    cut cache trains on these: the top runs once per view, not once per epoch)."""
+    cut cache trains on these: the top runs once per view, not once per epoch); its progress is
+    reported as `label` (tasks/core/progress.py)."""
     pool = keras.Sequential([top, keras.layers.GlobalAveragePooling2D()])
     run = tf.function(lambda b: pool(tf.cast(b, tf.float32), training=False), reduce_retracing=True)
-    parts = [run(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+    with Progress(label, len(x), "images") as done:
+        parts = [run(x[i:i + batch_size]).numpy()
+                 for i in done.iterate(range(0, len(x), batch_size), size=lambda i: min(batch_size, len(x) - i))]
     return np.concatenate(parts) if parts else np.zeros((0, int(top.output_shape[-1])), np.float32)
 
 
@@ -285,9 +289,11 @@ def fit_phase(phase: str, model, train_ds, val_ds, *, epochs: int, initial_epoch
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb" / phase)))
     safe = CrashSafeBackup(out_dir / "backup", log_csv=out_dir / "log.csv", live_dir=live_dir,
                            initial_epoch=initial_epoch, tag=phase, checkpoint=checkpoint)
+    reporting = fit_progress(f"train {out_dir.name} {phase}")  # only prints: last, after every other callback
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, callbacks=safe.callbacks(callbacks), shuffle=False, verbose=progress())
+              steps_per_epoch=steps, callbacks=[*safe.callbacks(callbacks), reporting], shuffle=False,
+              verbose=progress())
     return round(time.time() - start, 1)
 
 
@@ -346,7 +352,9 @@ def train(model_key: str, params: dict, data_dir: Path, out_dir: Path, init_path
                 compile_for(head_model, recipe["head_lr"], recipe)
             if cut:  # the head learns the top's pooled output of every cached view
                 (x, y), val = (features.load_split(cache, s) for s in ("train", "validation"))
-                train_ds, val_ds = array_datasets((pooled_top(top, x), y), (pooled_top(top, val[0]), val[1]),
+                label = f"train {out_dir.name} top over the cut cache"
+                train_ds, val_ds = array_datasets((pooled_top(top, x, label=f"{label} (train)"), y),
+                                                  (pooled_top(top, val[0], label=f"{label} (validation)"), val[1]),
                                                   recipe, one_hot, soft)
                 del x
             else:

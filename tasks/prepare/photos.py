@@ -25,6 +25,7 @@ from pathlib import Path
 from tasks.core import parallel
 from tasks.prepare.images import RESIZE, Options, convert_chunk
 from tasks.core.io import atomic_dir
+from tasks.core.progress import Progress
 from tasks.records.shards import (example_bytes, manifest_head, ordered_map, shard_count, split_entry, write_manifest,
                           write_records)
 from tasks.sources import fetch_record
@@ -99,7 +100,7 @@ def prepare_images(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
     opts = Options(size=s["image_size"], max_pixels=s["max_pixels"], quality=s["jpeg_quality"], resize=s["resize"])
     with atomic_dir(out_dir) as tmp:
         spool = tmp / ".spool"
-        convert_all(root, items, opts, workers, spool, skipped)
+        convert_all(root, items, opts, workers, spool, skipped, label=f"prepare {key}")
         duplicates = drop_duplicates(items, skipped)
         classes, class_skips = choose_classes(items, s["min_images_per_class"], root)
         kept = [i for i in items if i.offset >= 0 and i.class_name in classes]
@@ -110,7 +111,8 @@ def prepare_images(key: str, module, p: dict, *, raw_dir: Path, out_dir: Path, w
         check_evaluation_splits(splits, root, key, s)
         label = {name: k for k, name in enumerate(classes)}
         shape = (s["image_size"], s["image_size"], 3)
-        entries = write_splits(tmp, spool, splits, label, classes, shape, s["shard_mb"], s["min_shards"])
+        entries = write_splits(tmp, spool, splits, label, classes, shape, s["shard_mb"], s["min_shards"],
+                               progress_label=f"prepare {key} shards")
         spool.unlink()
         manifest = {
             **manifest_head(
@@ -300,13 +302,14 @@ def apply_edits(items: list[Item], drop, relabel, key: str, root: Path,
 
 
 def convert_all(root: Path, items: list[Item], opts: Options, n_workers: int, spool: Path,
-                skipped: list[dict]) -> None:
-    """Check and convert every item, in order, spooling the JPEG bytes; marks items and fills `skipped`."""
+                skipped: list[dict], label: str = "prepare") -> None:
+    """Check and convert every item, in order, spooling the JPEG bytes; marks items and fills `skipped`.
+    The photos done are reported as `label` (tasks/core/progress.py)."""
     paths = [str(root / i.rel) for i in items]
     chunks = [paths[k:k + CHUNK] for k in range(0, len(paths), CHUNK)]
     position = 0
-    with open(spool, "wb") as out:
-        for item, (data, reason, info) in zip(items, _results(chunks, opts, n_workers), strict=True):
+    with open(spool, "wb") as out, Progress(label, len(items), "photos") as done:
+        for item, (data, reason, info) in done.iterate(zip(items, _results(chunks, opts, n_workers), strict=True)):
             if data is None:
                 skipped.append({"file": item.rel, "reason": reason})
                 continue
@@ -467,10 +470,13 @@ def check_evaluation_splits(splits: dict[str, list[Item]], root: Path, key: str,
 
 
 def write_splits(out_dir: Path, spool: Path, splits: dict[str, list[Item]], label: dict[str, int],
-                 classes: list[str], shape: tuple, shard_mb: float, min_shards: int) -> dict[str, list[dict]]:
-    """Every split's shards (contiguous runs of its stored order), read back from the spool."""
+                 classes: list[str], shape: tuple, shard_mb: float, min_shards: int,
+                 progress_label: str = "prepare shards") -> dict[str, list[dict]]:
+    """Every split's shards (contiguous runs of its stored order), read back from the spool; the
+    images written are reported as `progress_label` (tasks/core/progress.py)."""
     entries = {}
-    with open(spool, "rb") as f:
+    total = sum(len(members) for members in splits.values())
+    with open(spool, "rb") as f, Progress(progress_label, total, "images") as done:
         for split, members in splits.items():
             n = shard_count(len(members), sum(i.length + RECORD_OVERHEAD for i in members), shard_mb, min_shards)
             bounds = [len(members) * k // n for k in range(n + 1)]
@@ -479,7 +485,7 @@ def write_splits(out_dir: Path, spool: Path, splits: dict[str, list[Item]], labe
                 chunk = members[bounds[k]:bounds[k + 1]]
                 path = out_dir / f"{split}-{k:05d}-of-{n:05d}.tfrecord"
                 records = (example_bytes(_read(f, i), shape, label[i.class_name], i.class_name, i.rel, fmt=b"jpeg")
-                           for i in chunk)
+                           for i in done.iterate(chunk))
                 entries[split].append(write_records(path, records))
     return entries
 

@@ -5,7 +5,11 @@ Quiet (the default) means, before TensorFlow loads: its C++ log at FATAL only (n
 GPU), the lines absl writes to stderr while TensorFlow's libraries load swallowed (kept and shown if
 the import itself fails), and Keras' export printout (the SavedModel signature: hundreds of
 `TensorSpec(...)` lines per TFLite conversion) off. `-v` / TLPIPE_VERBOSE=1 brings all of it back.
-The setting travels in the environment, so `dvc repro`, the Prefect flow's stage subprocesses and
+
+A long phase reports its progress (tasks/core/progress.py): a live bar on a terminal, a line about
+every 30 s in a log. `-q` / TLPIPE_QUIET=1 keeps only a stage's start and end lines (and warnings and
+errors): no progress, no epoch lines, no INFO lines of ours.
+The settings travel in the environment, so `dvc repro`, the Prefect flow's stage subprocesses and
 deployments (flows/__init__.py) behave the same.
 """
 from __future__ import annotations
@@ -16,17 +20,28 @@ import os
 import sys
 import tempfile
 
+from tasks.core import progress
+
 VERBOSE_ENV = "TLPIPE_VERBOSE"
+QUIET_ENV = progress.QUIET_ENV
 
 
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
-def configure(verbose_flag: bool | None = None) -> bool:
+def quiet() -> bool:
+    return progress.quiet()
+
+
+def configure(verbose_flag: bool | None = None, quiet_flag: bool | None = None) -> bool:
     """Set the environment for this process and its children; returns whether the run is verbose."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"
+        os.environ.pop(QUIET_ENV, None)
+    if quiet_flag:
+        os.environ[QUIET_ENV] = "1"
+        os.environ.pop(VERBOSE_ENV, None)
     if verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         return True
@@ -37,11 +52,16 @@ def configure(verbose_flag: bool | None = None) -> bool:
 @contextlib.contextmanager
 def swallowed(fds=(2,)):
     """The file descriptors `fds` (C++ and Python writes alike) to a temp file for the block; the text
-    is shown on stderr if the block fails."""
+    is shown on stderr if the block fails. Progress lines (tasks/core/progress.py) still go to the
+    real stderr."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in fds}
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
+    with tempfile.TemporaryFile(mode="w+b") as tmp, contextlib.ExitStack() as stack:
+        if 2 in saved:  # the real stderr, for progress lines
+            real = stack.enter_context(os.fdopen(os.dup(saved[2]), "w", encoding=sys.stderr.encoding or "utf-8",
+                                                 errors="replace"))
+            stack.enter_context(progress.writing_to(real))
         for fd in fds:
             os.dup2(tmp.fileno(), fd)
         failed = False
