@@ -35,6 +35,8 @@ def init_dvc_project(root: Path, *, keep_params: bool = False, dvc_yaml: dict | 
     `keep_params`, and `git init` + `dvc init` it."""
     if dvc_yaml is None:
         shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+        ((root) / "reports" / "retired").mkdir(parents=True, exist_ok=True)  # the report stage's dep (dvc.yaml)
+        ((root) / "reports" / "retired" / "README.md").write_text("retired recipes' last rows\n")
     else:
         (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))

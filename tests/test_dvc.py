@@ -36,6 +36,8 @@ def new_repo(tmp_path, params: dict | None = None, params_text: str | None = Non
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo)
+    ((repo) / "reports" / "retired").mkdir(parents=True, exist_ok=True)  # the report stage's dep (dvc.yaml)
+    ((repo) / "reports" / "retired" / "README.md").write_text("retired recipes' last rows\n")
     shutil.copytree(REPO / "tasks", repo / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     if params is not None:
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -118,6 +118,8 @@ def built(tmp_path_factory):
     root.mkdir()
     (root / "params.yaml").write_text(fixture_params_text(base / "mirror", pins, base / "p"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    ((root) / "reports" / "retired").mkdir(parents=True, exist_ok=True)  # the report stage's dep (dvc.yaml)
+    ((root) / "reports" / "retired" / "README.md").write_text("retired recipes' last rows\n")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     env = env_for(root)

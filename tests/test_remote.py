@@ -30,6 +30,8 @@ def test_push_then_a_fresh_clone_pulls_everything_and_nothing_reruns(tmp_path, h
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo)
+    ((repo) / "reports" / "retired").mkdir(parents=True, exist_ok=True)  # the report stage's dep (dvc.yaml)
+    ((repo) / "reports" / "retired" / "README.md").write_text("retired recipes' last rows\n")
     shutil.copytree(REPO / "tasks", repo / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     pins = write_mirror(tmp_path / "mirror", mat=False, idx=False)
     write_params(repo, pins=pins, datasets=("mnist",))
