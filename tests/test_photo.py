@@ -28,12 +28,16 @@ def photos(n, seed):
     return images, labels
 
 
+def write_photo_splits(processed: Path) -> None:
+    """The tiny photo dataset both these tests and tests/test_progress.py train on: 24/12/12 coloured squares."""
+    write_dataset(processed, {s: photos(n, k) for k, (s, n) in enumerate([("train", 24), ("validation", 12), ("test", 12)])},
+                  ["red", "green", "blue"])
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("photo")
-    write_dataset(root / "processed", {s: photos(n, k) for k, (s, n) in
-                                       enumerate([("train", 24), ("validation", 12), ("test", 12)])},
-                  ["red", "green", "blue"])
+    write_photo_splits(root / "processed")
     (root / "weights").mkdir()
     tiny = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False, weights=None)
     for layer in tiny.layers:  # "pretrained" BN statistics: one pass at momentum 0 (random-init BN

@@ -236,15 +236,6 @@ SIZE, CLASSES = 32, 3
 PHOTO_CACHE = {"base": "mobilenet_v2", "alpha": 0.35, "batch_size": 8}
 
 
-def photos(n, seed):
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % CLASSES
-    images = rng.integers(0, 16, (n, SIZE, SIZE, 3), dtype=np.uint8)
-    for img, y in zip(images, labels):
-        img[..., y] += np.uint8(rng.integers(120, 230))
-    return images, labels
-
-
 def reported(fn, *args, **kw) -> tuple[object, list[str]]:
     """fn's result and the progress lines it printed in a log, every update due (interval 0)."""
     out = io.StringIO()
@@ -270,12 +261,10 @@ def photo_data(tmp_path_factory):
     import keras
 
     from tasks.photo import features
-    from tasks.records.shards import write_dataset
+    from test_photo import write_photo_splits
 
     root = tmp_path_factory.mktemp("photo")
-    write_dataset(root / "processed", {s: photos(n, k) for k, (s, n) in
-                                       enumerate([("train", 24), ("validation", 12), ("test", 12)])},
-                  ["red", "green", "blue"])
+    write_photo_splits(root / "processed")
     silently(features.compute_features, root / "processed", None, root / "cache", PHOTO_CACHE)
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((SIZE, SIZE, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
