@@ -36,3 +36,16 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _console_env_restored():
+    """`tlpipe -q`/`-v` called in-process (tasks.cli.main) sets TLPIPE_QUIET/TLPIPE_VERBOSE for the stages it
+    runs; put them back after each test, so a later test's subprocesses (dvc repro, tlpipe) are not quiet."""
+    saved = {k: os.environ.get(k) for k in ("TLPIPE_QUIET", "TLPIPE_VERBOSE")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -40,7 +40,7 @@ def test_a_tiny_run_prints_its_stages_and_epochs_and_no_library_noise(tmp_path, 
     })
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_dvc_project(repo, keep_params=True)  # this repository's dvc.yaml and tasks/, git + dvc init
-    env = {k: v for k, v in dvc_env().items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TLPIPE_VERBOSE")}
+    env = {k: v for k, v in dvc_env().items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TLPIPE_VERBOSE", "TLPIPE_QUIET")}
     env.update({"PYTHONPATH": str(repo), "TLPIPE_MIRROR": serve_dir(http_server, tmp_path / "mirror")})
 
     out = sh([BIN / "dvc", "repro", "report_page@tiny"], repo, env)
