@@ -6,9 +6,10 @@
 The variant is params.yaml's `models.<recipe>` with each `--set key=value` (a YAML value) over it,
 validated like params.yaml itself, and trained by the same trainer a `train@` stage runs (tasks/photo),
 into runs/levers/NAME/ (not a DVC output: a lever run is a measurement, the recipe that wins goes into
-params.yaml and its DVC stage is what the reports show). It is then scored as evaluate@ scores: Keras on
-the test split, which picked nothing (validation picked the checkpoint), plus the test-time views of
-`evaluate.tta` reported apart. One entry per NAME in reports/bench/cards_levers.json: the overrides, test
+params.yaml and its DVC stage is what the reports show). It is then scored by evaluate@'s own function
+(tasks.evaluate.metrics.evaluate, its reports in runs/levers/NAME/report/): Keras on the test split, which
+picked nothing (validation picked the checkpoint), plus the test-time views of `evaluate.tta` (the half
+turn where the dataset names none) reported apart. One entry per NAME in reports/bench/cards_levers.json: the overrides, test
 and TTA accuracy, the best validation accuracy, fit seconds per phase, the machine and the command.
 Run them one at a time: the fit times are CPU minutes on this machine only when nothing else runs.
 """
@@ -51,11 +52,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe key to change")
     args = ap.parse_args(argv)
 
-    import keras
-    import numpy as np
-
     from tasks.core.io import write_json
-    from tasks.evaluate.metrics import load_arrays, tta_scores
+    from tasks.evaluate.metrics import evaluate
     from tasks.photo import train as photo_train
     from tasks.stages.models import source_model
     from tasks.stages.project import Project
@@ -71,14 +69,12 @@ def main(argv=None) -> dict:
     summary = photo_train.train(args.recipe, {"models": {args.recipe: recipe}}, data, out,
                                 source_model(project, params, args.recipe))
     wall = time.time() - start
-    images, y, _ = load_arrays(data, "test")
-    model = keras.models.load_model(out / "model.keras")
-    predict = lambda x: model.predict(x, batch_size=256, verbose=0)  # noqa: E731
-    probs = predict(images)
     views = (params.get("evaluate", {}).get("tta") or {}).get(recipe["dataset"]) or ["turn180"]
+    scored = evaluate(out / "model.keras", data, out / "report",  # evaluate@'s own scoring, into the run's folder
+                      {**params.get("evaluate", {}), "tta": {recipe["dataset"]: views}}, verdict=False)
     row = {
-        "recipe": args.recipe, "set": args.set, "test_accuracy": float(np.mean(probs.argmax(1) == y)),
-        "test_count": int(len(y)), "tta": tta_scores(predict, images, y, probs, views),
+        "recipe": args.recipe, "set": args.set, "test_accuracy": scored["accuracy"],
+        "test_count": scored["test_count"], "tta": scored["tta"],
         "best_val_accuracy": summary["best_val_accuracy"], "epochs_per_phase": summary["epochs_per_phase"],
         "fit_seconds": summary["fit_seconds"], "fit_seconds_per_phase": summary["fit_seconds_per_phase"],
         "wall_seconds": round(wall, 1), "params": summary["params"],

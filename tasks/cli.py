@@ -212,10 +212,10 @@ def _report(args):
 def _predict(args):
     from pathlib import Path
 
-    from tasks.evaluate.predict import find_images, format_predictions, predict, predict_to_parquet
+    from tasks.evaluate.predict import find_images, format_predictions, mode_for_stages, predict, predict_to_parquet
 
     if args.out:  # the batch path: folders recursively, all cores, one Parquet row per image
-        mode = "quiet" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+        mode = mode_for_stages()  # -q has set TLPIPE_QUIET (tasks/stages/console.py)
         summary = predict_to_parquet(Path(args.model), [Path(i) for i in args.images], Path(args.out),
                                      top_k=args.top_k, batch_size=args.batch_size, threads=args.threads,
                                      progress=mode, emit=lambda line: print(f"tlpipe predict: {line}", flush=True),

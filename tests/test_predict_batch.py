@@ -1,6 +1,6 @@
 """`tlpipe predict MODEL DIR... --out FILE.parquet`: folders searched recursively, one Parquet row per image
 (written atomically), an unreadable image a row with its reason, batches streamed with bounded memory,
-what it prints on a terminal, in a log (a line about every EVERY_S, never one per batch) and with -q."""
+what it prints on a terminal, in a log (a line about every TLPIPE_PROGRESS_INTERVAL, never one per batch) and with -q."""
 import hashlib
 import os
 import re
@@ -190,7 +190,6 @@ def test_cli_without_out_still_prints_and_takes_folders(models, photos, capsys):
 SLOW = textwrap.dedent("""
     import sys, time
     from tasks.evaluate import predict as P
-    P.EVERY_S = 0.3
     real = P.read_image
     def slow(*a):
         time.sleep(0.02)
@@ -205,14 +204,14 @@ SLOW = textwrap.dedent("""
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_under_a_pipe_a_slow_run_prints_a_bounded_number_of_lines(models, photos, tmp_path, quiet):
-    """Not a terminal: no bar, a progress line about every EVERY_S (0.3 s here) and never one per batch;
+    """Not a terminal: no bar, a progress line about every TLPIPE_PROGRESS_INTERVAL (0.3 s here) and never one per batch;
     -q: the start and end lines only."""
     images = [str(photos / "a/red.jpg")] * 120  # 60 batches of 2, about 1.2 s of decoding on 2 threads
     out = tmp_path / "p.parquet"
     cmd = [sys.executable, "-c", SLOW, "predict", str(models["int8"]), *images, "--out", str(out),
            "--batch-size", "2", "--threads", "2", *(["-q"] if quiet else [])]
     done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
-                          env={**os.environ, "TLPIPE_VERBOSE": ""})
+                          env={**os.environ, "TLPIPE_VERBOSE": "", "TLPIPE_PROGRESS_INTERVAL": "0.3"})
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("tlpipe predict: 120 images -> ") and "done in" in lines[-1], lines

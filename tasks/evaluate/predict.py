@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.hashing import sha256_file
+from tasks.core import progress as core_progress
 from tasks.core.io import atomic_path
 from tasks.core.sniff import describe
 from tasks.evaluate.export import dequantize_output, make_interpreter, quantize_input
@@ -39,7 +40,6 @@ from tasks.evaluate.export import dequantize_output, make_interpreter, quantize_
 log = logging.getLogger(__name__)
 TINY = 4  # warn when an input is more than this many times smaller than the model's input (each side)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-EVERY_S = 30.0    # without a terminal: one progress line about this often (never one per batch)
 BATCH_SIZE = 16   # images per interpreter call (8-16: the least CPU per image on MobileNetV2 0.35 int8)
 AHEAD = 2         # batches decoded ahead of the one the interpreter runs: memory is (AHEAD + 1) batches
 ROW_GROUP = 8192  # Parquet rows buffered before they are written out
@@ -256,15 +256,19 @@ def _to_input(batch: np.ndarray, detail: dict) -> np.ndarray:
 
 class Progress:
     """What a batch run shows between its start and end lines: `bar` a live bar (tqdm, on stderr; for
-    a terminal), `lines` a line about every `every_s` seconds (for logs: never one per batch),
-    `quiet` nothing."""
+    a terminal), `lines` a line about every `every_s` seconds (default: the stages' interval,
+    TLPIPE_PROGRESS_INTERVAL, tasks/core/progress.py; for logs: never one per batch), `quiet` nothing.
+
+    Not tasks/core/progress.Progress itself: a batch run's lines count the images that failed and go
+    through `emit` (the CLI's stdout with its `tlpipe predict:` prefix, the Prefect flow's logger), not
+    to stderr; the mode and the interval are the stages' own (`mode_for_stages`, `core_progress.interval`)."""
 
     MODES = ("bar", "lines", "quiet")
 
     def __init__(self, total: int, mode: str, emit=print, every_s: float | None = None, clock=time.monotonic):
         if mode not in self.MODES:
             raise ValueError(f"progress must be one of {', '.join(self.MODES)}, got {mode!r}")
-        every_s = EVERY_S if every_s is None else float(every_s)
+        every_s = core_progress.interval() if every_s is None else float(every_s)
         self.total, self.mode, self.emit, self.every_s, self.clock = total, mode, emit, every_s, clock
         self.start = clock()
         self.next_at = self.start + self.every_s
@@ -298,6 +302,12 @@ class Progress:
             self.bar = None
 
 
+def mode_for_stages() -> str:
+    """The Progress mode the stages would use here (tasks/core/progress.mode: quiet under `tlpipe -q`,
+    a bar on a terminal, lines in a log), in this module's names."""
+    return {"off": "quiet", "bar": "bar", "log": "lines"}[core_progress.mode()]
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 120:
@@ -324,7 +334,7 @@ def predict_to_parquet(tflite_path: Path, inputs, out: Path, *, top_k: int = 3, 
     `out`, one row per image in that order; returns the run's summary (images, classified, failed, ...).
 
     `threads`: decoding threads and the interpreter's num_threads (default: the cores); `progress`,
-    `every_s` (default EVERY_S): see `Progress`; `emit(line)`: where the start, progress and end
+    `every_s` (default TLPIPE_PROGRESS_INTERVAL's): see `Progress`; `emit(line)`: where the start, progress and end
     lines go (print, a logger); `setup`: a context manager around loading the model (the CLI's:
     LiteRT's native notice off).
     An image that cannot be read is a row with its reason in `error` and does not stop the run; a
