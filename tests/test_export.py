@@ -38,7 +38,7 @@ def exported(tmp_path_factory):
     model.save(tmp / "model.keras")
     (tmp / "reports").mkdir()
     (tmp / "reports" / "evaluation.json").write_text(json.dumps({"accuracy": 0.9, "blessed": True}))
-    result = export(tmp / "model.keras", tmp / "data", tmp / "models", {"latency_runs": 5},
+    result = export(tmp / "model.keras", tmp / "data", tmp / "models", {"latency_runs": 5, "int8_float_layers": 0},
                     metrics_path=tmp / "reports" / "evaluation.json", metrics_out=tmp / "reports" / "metrics.json",
                     current_dir=tmp / "current")
     keras_pred = model.predict(test[0][..., None], verbose=0).argmax(axis=1)
@@ -79,6 +79,40 @@ def test_float16_and_dynamic_are_what_they_say(exported):
         assert result[kind]["agreement"] >= 0.9, kind
 
 
+def test_selective_int8_keeps_the_worst_layers_float_behind_the_same_uint8_input(exported, tmp_path):
+    """int8_float_layers: the layers with the largest int8 error (QuantizationDebugger, calibration
+    images) stay float inside; the input and output stay the raw uint8 pixels and uint8 scores. The
+    threshold really filters, the count really caps, and 0 runs nothing."""
+    from tasks.evaluate.export import int8_error_layers, to_tflite_int8
+
+    tmp, _, (images, labels), keras_pred = exported
+    model = keras.models.load_model(tmp / "model.keras")
+    rep = synthetic(32, 3)[0][..., None]
+    assert int8_error_layers(model, rep, {"int8_float_layers": 0}) == []
+    every = int8_error_layers(model, rep, {"int8_float_layers": 99, "int8_float_above": 1e-9,
+                                           "int8_debug_samples": 8})
+    assert len(every) >= 3 and all(set(r) == {"tensor", "op", "rmse_steps"} for r in every)
+    steps = [r["rmse_steps"] for r in every]
+    assert steps == sorted(steps, reverse=True) and steps[0] > 0
+    assert int8_error_layers(model, rep, {"int8_float_layers": 1, "int8_float_above": 1e-9,
+                                          "int8_debug_samples": 8}) == every[:1]
+    assert int8_error_layers(model, rep, {"int8_float_layers": 99, "int8_float_above": steps[0] + 1}) == []
+
+    plain = to_tflite_int8(model, rep)
+    mixed = to_tflite_int8(model, rep, float_layers=[every[0]["tensor"]])
+    for content, floats in ((plain, False), (mixed, True)):
+        path = tmp_path / f"{floats}.tflite"
+        path.write_bytes(content)
+        interp = make_interpreter(path)
+        interp.allocate_tensors()
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        assert (inp["dtype"], out["dtype"]) == (np.uint8, np.uint8) and inp["quantization"] == pytest.approx((1.0, 0))
+        kinds = {t["dtype"] for t in interp.get_tensor_details()}
+        assert (np.float32 in kinds) == floats and np.int8 in kinds
+        p = parity(path, images[..., None], labels, keras_pred, {"batch_size": 16, "num_threads": 1, "latency_runs": 2})
+        assert p["agreement"] >= 0.9
+
+
 def test_export_formats_are_checked_before_any_work():
     assert formats({}) == list(FORMATS) == ["float32", "float16", "dynamic", "int8"]
     assert formats({"formats": ["int8", "float16"]}) == ["float16", "int8"]  # metrics.json's order: FORMATS'
@@ -95,12 +129,11 @@ def test_parity_and_metrics_merge(exported):
     assert result["float32"]["latency_ms"] > 0
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
     assert metrics["accuracy"] == 0.9 and list(metrics["tflite"]) == list(FORMATS) == result["formats"]
-    for kind in FORMATS:  # every format's parity, on the same split
+    for kind in FORMATS:  # every format's parity, on the same split (int8 also names its float layers)
         assert set(metrics["tflite"][kind]) == {"accuracy", "agreement", "bytes", "bytes_without_metadata",
-                                                "latency_ms"}
+                                                "latency_ms", *(["float_layers"] if kind == "int8" else [])}
         assert metrics["tflite"][kind]["bytes"] == tflite(tmp, kind).stat().st_size
-    assert set(metrics["tflite"]["int8"]) == {"accuracy", "agreement", "bytes", "bytes_without_metadata",
-                                              "latency_ms"}
+    assert metrics["tflite"]["int8"]["float_layers"] == []  # int8_float_layers 0: all int8
     assert 0 < metrics["tflite"]["int8"]["bytes"] - metrics["tflite"]["int8"]["bytes_without_metadata"] < 4096
     assert "tflite" not in json.loads((tmp / "reports" / "evaluation.json").read_text())
     assert result["current"] and sorted(p.name for p in (tmp / "current").iterdir()) == sorted(

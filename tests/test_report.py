@@ -104,6 +104,12 @@ def test_every_exported_format_gets_a_page_row_and_flat_scores():
     assert [r.split(" | ")[0][2:] for r in rows] == ["float32", "float16", "dynamic", "int8"]
     assert rows[2] == ("| dynamic | dynamic range: int8 weights (a quarter of the bytes), float32 in and out | 98.00 % | "
                        "99.50 % | 1,126 | 0.400 |")
+    assert "float inside" not in page  # every layer int8: no line
+    kept = [{"tensor": "m_1/base_1/block_2_depthwise_relu_1/Relu6;m_1/base_1/block_2_depthwise_BN_1/mul",
+             "op": "DEPTHWISE_CONV_2D", "rmse_steps": 0.8654}]
+    mixed = model_page("m", {"accuracy": 0.99, "split": "test", "tflite": {**tflite, "int8": {**tflite["int8"],
+                       "float_layers": kept}}}, {"recipe": {"dataset": "mnist"}}, {})
+    assert "int8 keeps 1 layer float inside" in mixed and "block_2_depthwise_relu_1 (DEPTHWISE_CONV_2D, 0.87)" in mixed
     row = {"accuracy": 0.99, "tflite": tflite, "seconds": 3.0, "epochs_run": 2, "blessed": True}
     assert scores(row) == {"accuracy": 0.99, "int8_accuracy": 0.97, "int8_agreement": 0.99, "float32_kb": 4.0,
                            "int8_kb": 1.0, "int8_latency_ms": 0.2, "float16_accuracy": 0.99, "float16_agreement": 1.0,

@@ -13,7 +13,9 @@ formats asked for; and `tflite.json`. The formats, MediaPipe Model Maker's set p
   quantised on the fly where a kernel allows; the float32 model's input and output.
 - `int8`: full-integer: every weight and activation int8; takes the raw uint8 pixels (input scale 1,
   zero point 0, what MediaPipe Tasks, the Task Library and camera apps feed) and returns uint8 scores
-  (scale 1/256).
+  (scale 1/256). Selective quantisation (`int8_float_layers`, `int8_float_above`): at most that many
+  layers whose int8 error on the calibration images exceeds the threshold stay float inside
+  (int8_error_layers); with 0, every op is int8.
 Every file carries TFLite Metadata (tasks/evaluate/tflite_metadata.py): name, description, version,
 author, license, input normalisation and labels.txt as the output's TENSOR_AXIS_LABELS file. A blessed
 model's files are also copied to `current_dir` (the blessed set of formats, with labels.txt and
@@ -42,6 +44,7 @@ FORMATS = ("float32", "float16", "dynamic", "int8")   # export.formats offers th
 TFLITE_DIR = "tflite"                                   # models/<model>/tflite/: model_<format>.tflite, labels.txt
 EXPORT_DEFAULTS = {"formats": list(FORMATS), "representative_samples": 500, "representative_pool": 4,
                    "latency_runs": 200, "num_threads": 1, "batch_size": 256, "seed": 0,
+                   "int8_float_layers": 3, "int8_float_above": 0.5, "int8_debug_samples": 80,
                    "metadata": dict(METADATA_DEFAULTS)}
 
 
@@ -62,7 +65,7 @@ def _float_input_model(model):
 
     shape = model.input_shape[1:]
     body = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return keras.Sequential([keras.Input(shape=shape, dtype="float32"), *body])
+    return keras.Sequential([keras.Input(shape=shape, dtype="float32"), *body], name="float_input")
 
 
 @contextmanager
@@ -121,11 +124,12 @@ def to_tflite_dynamic(model) -> bytes:
         return converter.convert()
 
 
-def to_tflite(kind: str, model, representative: np.ndarray | None = None, label: str = "int8 calibration") -> bytes:
+def to_tflite(kind: str, model, representative: np.ndarray | None = None, label: str = "int8 calibration",
+              float_layers=()) -> bytes:
     """The TFLite bytes of `model` in format `kind` (one of FORMATS; int8 needs `representative`;
-    `label`: what its calibration pass's progress is called)."""
+    `label`: what its calibration pass's progress is called; `float_layers`: int8's layers kept float)."""
     if kind == "int8":
-        return to_tflite_int8(model, representative, label)
+        return to_tflite_int8(model, representative, label, float_layers)
     converters = {"float32": to_tflite_float32, "float16": to_tflite_float16, "dynamic": to_tflite_dynamic}
     if kind not in converters:
         raise ValueError(f"no TFLite format {kind!r}: expected one of {', '.join(FORMATS)}")
@@ -149,35 +153,119 @@ def tflite_path(folder: Path, kind: str) -> Path:
     return Path(folder) / f"model_{kind}.tflite"
 
 
-def to_tflite_int8(model, representative: np.ndarray, label: str = "int8 calibration") -> bytes:
-    """Full-integer quantisation (int8 weights and activations) calibrated on `representative`,
-    with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores. The calibration pass
-    reports its progress as `label` (tasks/core/progress.py; the samples it is fed are unchanged).
-
-    The input's range comes from the calibration data, so one calibration image gets a 0 and a 255
-    pixel (one pixel each): the input scale is then exactly 1, whatever the images' own range."""
-    import tensorflow as tf
-
+def _calibration_input(representative: np.ndarray) -> np.ndarray:
+    """The calibration images, one of them given a 0 and a 255 pixel (one pixel each): the input's
+    range comes from the calibration data, so the input scale is then exactly 1, whatever the images'
+    own range."""
     representative = np.array(representative, copy=True)
     flat = representative[0].reshape(-1, representative.shape[-1] if representative.ndim == 4 else 1)
     flat[0], flat[-1] = 0, 255
     representative[0] = flat.reshape(representative[0].shape)
+    return representative
 
-    def calibration():
-        with Progress(label, len(representative), "images") as done:
-            for x in representative:
-                yield [x[None].astype(np.float32)]
-                done.update()
 
-    with _converter(_float_input_model(model)) as converter:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = calibration
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+def _int8_converter_settings(converter, calibration, uint8_io: bool = True) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if uint8_io:
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
-            warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
-            return converter.convert()
+
+
+def _samples(images: np.ndarray, label: str | None = None):
+    """A representative-dataset generator over `images` (float32, one at a time), with progress."""
+    def gen():
+        if label is None:
+            for x in images:
+                yield [x[None].astype(np.float32)]
+            return
+        with Progress(label, len(images), "images") as done:
+            for x in images:
+                yield [x[None].astype(np.float32)]
+                done.update()
+    return gen
+
+
+def to_tflite_int8(model, representative: np.ndarray, label: str = "int8 calibration", float_layers=()) -> bytes:
+    """Full-integer quantisation (int8 weights and activations) calibrated on `representative`,
+    with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores. The calibration pass
+    reports its progress as `label` (tasks/core/progress.py; the samples it is fed are unchanged).
+
+    `float_layers` (tensor names from int8_error_layers): those layers stay float32 inside, the rest
+    int8 (selective quantisation). TensorFlow's public route to it, the QuantizationDebugger's
+    `denylisted_nodes`, returns a model with float32 input and output; the uint8 input and output are
+    then made by `modify_model_io_type`, the function TFLiteConverter itself applies for
+    `inference_input_type=uint8` (not exported under tf.lite, hence the internal import)."""
+    import tensorflow as tf
+
+    representative = _calibration_input(representative)
+    calibration = _samples(representative, label)
+    if not float_layers:
+        with _converter(_float_input_model(model)) as converter:
+            _int8_converter_settings(converter, calibration)
+            with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
+                warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
+                return converter.convert()
+
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    with _converter(_float_input_model(model)) as converter:  # float in and out here: the debugger
+        _int8_converter_settings(converter, calibration, uint8_io=False)  # ignores the denylist otherwise
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers))
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_samples(representative[:1]), debug_options=options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mixed = debugger.get_nondebug_quantized_model()
+    content = bytes(modify_model_io_type(mixed, tf.uint8, tf.uint8))
+    ends = [d["dtype"] for d in (lambda i: i.get_input_details() + i.get_output_details())(
+        tf.lite.Interpreter(model_content=content))]
+    if any(d != np.uint8 for d in ends):
+        raise ValueError(f"int8 with float layers {list(float_layers)}: input/output came out {ends}, "
+                         "expected uint8 (a layer at the model's edge cannot stay float)")
+    return content
+
+
+def int8_error_layers(model, representative: np.ndarray, cfg: dict, label: str = "int8 error per layer") -> list[dict]:
+    """The layers that int8 hurts most, to keep float (at most `int8_float_layers`, each over
+    `int8_float_above`): TensorFlow's QuantizationDebugger runs the int8 model on the first
+    `int8_debug_samples` calibration images (train split, never the test split) and measures each
+    quantised tensor's error against its float value, in quantisation steps (RMSE / scale; rounding
+    alone gives 1/sqrt(12) = 0.29). The softmax is never a candidate: its uint8 scores are the output
+    the format promises. Returns [{tensor, op, rmse_steps}], worst first; [] when `int8_float_layers` is
+    0 (nothing is run)."""
+    import csv
+    import io
+
+    import tensorflow as tf
+
+    limit = int(cfg.get("int8_float_layers") or 0)
+    if limit <= 0:
+        return []
+    above = float(cfg.get("int8_float_above", EXPORT_DEFAULTS["int8_float_above"]))
+    representative = _calibration_input(representative)
+    debug = representative[: max(1, int(cfg.get("int8_debug_samples", EXPORT_DEFAULTS["int8_debug_samples"])))]
+    with _converter(_float_input_model(model)) as converter:
+        _int8_converter_settings(converter, _samples(representative, f"{label}: calibration"), uint8_io=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=_samples(debug, f"{label}: debug"))
+            debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    rows = []
+    for row in csv.DictReader(dump):
+        scale = float(row.get("scale") or 0)
+        if scale > 0 and row["op_name"] != "SOFTMAX":
+            rows.append({"tensor": row["tensor_name"], "op": row["op_name"],
+                         "rmse_steps": round(float(row["mean_squared_error"]) ** 0.5 / scale, 4)})
+    rows.sort(key=lambda r: -r["rmse_steps"])
+    return [r for r in rows if r["rmse_steps"] > above][:limit]
 
 
 def quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
@@ -277,6 +365,8 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     train_x, _, names = load_arrays(processed_dir, "train", limit=pool)
     representative = train_x[np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]]
     files = {kind: tflite_path(folder, kind) for kind in kinds}
+    float_layers = int8_error_layers(model, representative, cfg, f"export {out_dir.name} int8 error per layer") \
+        if "int8" in kinds else []
     manifest = load_manifest(processed_dir)
     meta = model_info(model_path, cfg, info)
     # The folder is written whole in a temp dir and swapped in only once every file is: a failed export
@@ -287,7 +377,8 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
         for kind, path in files.items():
             with room_for(path):  # also the converter's SavedModel in the temp dir
                 (tmp / path.name).write_bytes(to_tflite(kind, model, representative if kind == "int8" else None,
-                                                        f"export {out_dir.name} int8 calibration"))
+                                                        f"export {out_dir.name} int8 calibration",
+                                                        [r["tensor"] for r in float_layers]))
             sizes[kind] = add_classifier_metadata(tmp / path.name, {**meta, "name": f"{meta['name']} ({kind})"},
                                                   names, label_attributes=manifest.get("label_attributes") or None,
                                                   output=path)
@@ -305,6 +396,8 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     result = {kind: parity(path, images, labels, keras_pred, cfg, scores[kind]) for kind, path in files.items()}
     for kind in files:
         result[kind]["bytes_without_metadata"] = sizes[kind]["bytes_without"]
+    if "int8" in result:
+        result["int8"]["float_layers"] = float_layers
     result["formats"] = kinds
     result["keras_accuracy"] = float(np.mean(keras_pred == labels))
     if "int8" in result and "float32" in result:

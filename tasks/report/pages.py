@@ -21,6 +21,12 @@ TFLITE_FORMATS = {"float32": "the Keras model as trained",
                   "int8": "full integer: int8 weights and activations, uint8 pixels in, uint8 scores out"}
 
 
+def layer_name(tensor: str) -> str:
+    """A TFLite tensor's Keras layer: 'm/base/block_2_depthwise_relu/Relu6;m/base/...' -> 'block_2_depthwise_relu'."""
+    parts = tensor.split(";")[0].split("/")
+    return parts[-2] if len(parts) > 1 else parts[0]
+
+
 def _load(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
 
@@ -202,6 +208,11 @@ def model_page(key: str, metrics: dict, train: dict, per_class: dict,
         lines += [f"| {k} | {TFLITE_FORMATS.get(k, '')} | {_pct(v['accuracy'])} | {_pct(v['agreement'])} | "
                   f"{v['bytes']:,} | {v['latency_ms']:.3f} |" for k, v in tflite.items()]
         lines.append("")
+        kept = (tflite.get("int8") or {}).get("float_layers") or []
+        if kept:  # export.int8_float_layers: selective quantisation
+            lines += [f"int8 keeps {len(kept)} layer{'s' if len(kept) > 1 else ''} float inside (`export.int8_float_layers`: "
+                      "the largest int8 error on the calibration images, in quantisation steps): " +
+                      ", ".join(f"{layer_name(r['tensor'])} ({r['op']}, {r['rmse_steps']:.2f})" for r in kept) + ".", ""]
     lines += ["## Training curves", "", "![curves](curves.png)", "",
               "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
     if per_class.get("most_confused"):

@@ -490,6 +490,7 @@ VALUES: dict[str, Spec] = {
                    "a mapping dataset -> [test-time views]", null_ok=True),
     "formats": Subset(Choice(("evaluate/export.py", "FORMATS"))),
     "representative_samples": SIZE, "representative_pool": SIZE, "latency_runs": SIZE, "num_threads": SIZE,
+    "int8_float_layers": COUNT, "int8_float_above": POSITIVE, "int8_debug_samples": SIZE,
     "metadata": Table(lambda: {k: TEXT for k in literal_keys("evaluate/export.py", "METADATA_DEFAULTS")},
                       null_ok=True),
     # report
