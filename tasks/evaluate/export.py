@@ -365,8 +365,7 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     train_x, _, names = load_arrays(processed_dir, "train", limit=pool)
     representative = train_x[np.random.default_rng(int(cfg["seed"])).permutation(len(train_x))[:n_rep]]
     files = {kind: tflite_path(folder, kind) for kind in kinds}
-    float_layers = int8_error_layers(model, representative, cfg, f"export {out_dir.name} int8 error per layer") \
-        if "int8" in kinds else []
+    float_layers = []  # int8's layers kept float: measured just before int8 is converted
     manifest = load_manifest(processed_dir)
     meta = model_info(model_path, cfg, info)
     # The folder is written whole in a temp dir and swapped in only once every file is: a failed export
@@ -376,6 +375,9 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     with atomic_dir(folder) as tmp:
         for kind, path in files.items():
             with room_for(path):  # also the converter's SavedModel in the temp dir
+                if kind == "int8":
+                    float_layers = int8_error_layers(model, representative, cfg,
+                                                     f"export {out_dir.name} int8 error per layer")
                 (tmp / path.name).write_bytes(to_tflite(kind, model, representative if kind == "int8" else None,
                                                         f"export {out_dir.name} int8 calibration",
                                                         [r["tensor"] for r in float_layers]))
