@@ -125,11 +125,12 @@ def to_tflite_dynamic(model) -> bytes:
 
 
 def to_tflite(kind: str, model, representative: np.ndarray | None = None, label: str = "int8 calibration",
-              float_layers=()) -> bytes:
+              float_layers=(), calibrated=None) -> bytes:
     """The TFLite bytes of `model` in format `kind` (one of FORMATS; int8 needs `representative`;
-    `label`: what its calibration pass's progress is called; `float_layers`: int8's layers kept float)."""
+    `label`: what its calibration pass's progress is called; `float_layers`: int8's layers kept float;
+    `calibrated`: int8_calibration's debugger, so int8 is not calibrated twice)."""
     if kind == "int8":
-        return to_tflite_int8(model, representative, label, float_layers)
+        return to_tflite_int8(model, representative, label, float_layers, calibrated)
     converters = {"float32": to_tflite_float32, "float16": to_tflite_float16, "dynamic": to_tflite_dynamic}
     if kind not in converters:
         raise ValueError(f"no TFLite format {kind!r}: expected one of {', '.join(FORMATS)}")
@@ -189,7 +190,8 @@ def _samples(images: np.ndarray, label: str | None = None):
     return gen
 
 
-def to_tflite_int8(model, representative: np.ndarray, label: str = "int8 calibration", float_layers=()) -> bytes:
+def to_tflite_int8(model, representative: np.ndarray, label: str = "int8 calibration", float_layers=(),
+                   calibrated=None) -> bytes:
     """Full-integer quantisation (int8 weights and activations) calibrated on `representative`,
     with a uint8 input of the raw pixels (scale 1, zero point 0) and uint8 scores. The calibration pass
     reports its progress as `label` (tasks/core/progress.py; the samples it is fed are unchanged).
@@ -198,63 +200,77 @@ def to_tflite_int8(model, representative: np.ndarray, label: str = "int8 calibra
     int8 (selective quantisation). TensorFlow's public route to it, the QuantizationDebugger's
     `denylisted_nodes`, returns a model with float32 input and output; the uint8 input and output are
     then made by `modify_model_io_type`, the function TFLiteConverter itself applies for
-    `inference_input_type=uint8` (not exported under tf.lite, hence the internal import)."""
+    `inference_input_type=uint8` (not exported under tf.lite, hence the internal import).
+
+    `calibrated`: the debugger int8_calibration returned for the same model and `representative`
+    (the one int8_error_layers measured with); its calibrated model is quantised again with the
+    denylist, so export calibrates once. Without it and without float layers, TFLiteConverter
+    calibrates and converts in one pass."""
     import tensorflow as tf
 
-    representative = _calibration_input(representative)
-    calibration = _samples(representative, label)
-    if not float_layers:
+    if calibrated is None and not float_layers:
         with _converter(_float_input_model(model)) as converter:
-            _int8_converter_settings(converter, calibration)
+            _int8_converter_settings(converter, _samples(_calibration_input(representative), label))
             with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
                 warnings.simplefilter("ignore", UserWarning)  # input range comes from the calibration data
                 return converter.convert()
 
     from tensorflow.lite.python.util import modify_model_io_type
 
-    with _converter(_float_input_model(model)) as converter:  # float in and out here: the debugger
-        _int8_converter_settings(converter, calibration, uint8_io=False)  # ignores the denylist otherwise
-        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers))
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=_samples(representative[:1]), debug_options=options)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            mixed = debugger.get_nondebug_quantized_model()
+    debugger = calibrated if calibrated is not None else int8_calibration(model, representative, label)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers))
+        mixed = debugger.get_nondebug_quantized_model()
     content = bytes(modify_model_io_type(mixed, tf.uint8, tf.uint8))
-    ends = [d["dtype"] for d in (lambda i: i.get_input_details() + i.get_output_details())(
-        tf.lite.Interpreter(model_content=content))]
+    interpreter = tf.lite.Interpreter(model_content=content)
+    ends = [d["dtype"] for d in interpreter.get_input_details() + interpreter.get_output_details()]
     if any(d != np.uint8 for d in ends):
         raise ValueError(f"int8 with float layers {list(float_layers)}: input/output came out {ends}, "
                          "expected uint8 (a layer at the model's edge cannot stay float)")
     return content
 
 
-def int8_error_layers(model, representative: np.ndarray, cfg: dict, label: str = "int8 error per layer") -> list[dict]:
+def int8_calibration(model, representative: np.ndarray, label: str = "int8 calibration", debug_samples: int = 1,
+                     debug_label: str | None = None):
+    """TFLite's QuantizationDebugger over `model` calibrated on `representative` (one pass, progress
+    as `label`), its debug set the first `debug_samples` calibration images (their pass reported as
+    `debug_label`, default `label: debug`). Float input and output here: the debugger ignores a
+    denylist otherwise; to_tflite_int8 makes them uint8."""
+    import tensorflow as tf
+
+    representative = _calibration_input(representative)
+    debug = representative[: max(1, int(debug_samples))]
+    with _converter(_float_input_model(model)) as converter:
+        _int8_converter_settings(converter, _samples(representative, label), uint8_io=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=_samples(debug, debug_label or f"{label}: debug"))
+
+
+def int8_error_layers(model, representative: np.ndarray, cfg: dict, label: str = "int8 error per layer",
+                      calibrated=None) -> list[dict]:
     """The layers that int8 hurts most, to keep float (at most `int8_float_layers`, each over
     `int8_float_above`): TensorFlow's QuantizationDebugger runs the int8 model on the first
     `int8_debug_samples` calibration images (train split, never the test split) and measures each
     quantised tensor's error against its float value, in quantisation steps (RMSE / scale; rounding
     alone gives 1/sqrt(12) = 0.29). The softmax is never a candidate: its uint8 scores are the output
     the format promises. Returns [{tensor, op, rmse_steps}], worst first; [] when `int8_float_layers` is
-    0 (nothing is run)."""
+    0 (nothing is run). `calibrated`: int8_calibration's debugger for this model (made here if None)."""
     import csv
     import io
-
-    import tensorflow as tf
 
     limit = int(cfg.get("int8_float_layers") or 0)
     if limit <= 0:
         return []
     above = float(cfg.get("int8_float_above", EXPORT_DEFAULTS["int8_float_above"]))
-    representative = _calibration_input(representative)
-    debug = representative[: max(1, int(cfg.get("int8_debug_samples", EXPORT_DEFAULTS["int8_debug_samples"])))]
-    with _converter(_float_input_model(model)) as converter:
-        _int8_converter_settings(converter, _samples(representative, f"{label}: calibration"), uint8_io=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=_samples(debug, f"{label}: debug"))
-            debugger.run()
+    debugger = calibrated if calibrated is not None else int8_calibration(
+        model, representative, f"{label}: calibration",
+        cfg.get("int8_debug_samples", EXPORT_DEFAULTS["int8_debug_samples"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     dump.seek(0)
@@ -375,12 +391,15 @@ def export(model_path: Path, processed_dir: Path, out_dir: Path, params: dict, *
     with atomic_dir(folder) as tmp:
         for kind, path in files.items():
             with room_for(path):  # also the converter's SavedModel in the temp dir
-                if kind == "int8":
-                    float_layers = int8_error_layers(model, representative, cfg,
-                                                     f"export {out_dir.name} int8 error per layer")
+                calibrated = None
+                if kind == "int8" and int(cfg["int8_float_layers"] or 0) > 0:  # one calibration for both
+                    calibrated = int8_calibration(model, representative, f"export {out_dir.name} int8 calibration",
+                                                  cfg["int8_debug_samples"], f"export {out_dir.name} int8 error per layer")
+                    float_layers = int8_error_layers(model, representative, cfg, calibrated=calibrated)
                 (tmp / path.name).write_bytes(to_tflite(kind, model, representative if kind == "int8" else None,
                                                         f"export {out_dir.name} int8 calibration",
-                                                        [r["tensor"] for r in float_layers]))
+                                                        [r["tensor"] for r in float_layers], calibrated))
+                del calibrated
             sizes[kind] = add_classifier_metadata(tmp / path.name, {**meta, "name": f"{meta['name']} ({kind})"},
                                                   names, label_attributes=manifest.get("label_attributes") or None,
                                                   output=path)
