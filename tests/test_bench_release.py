@@ -1,0 +1,39 @@
+"""bench/release_run.py times each stage of the one `dvc repro` users start, from DVC's own lines; a
+resumed run adds its stages. Run against a stand-in `dvc` on PATH (a script printing what DVC prints)."""
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import release_run  # noqa: E402
+
+
+def test_stage_times_run_from_one_start_to_the_next():
+    lines = [(0.0, "Verifying data sources"), (1.0, "Running stage 'fetch@mnist':"), (1.5, "> tlpipe fetch mnist"),
+             (4.0, "Stage 'prepare@x' didn't change, skipping"), (6.0, "Running stage 'prepare@mnist':"),
+             (9.0, "Updating lock file 'dvc.lock'")]
+    assert release_run.stage_times(lines, 10.0) == {"fetch@mnist": 5.0, "prepare@mnist": 4.0}
+    assert release_run.stage_times([(0.0, "Data and pipelines are up to date.")], 1.0) == {}
+
+
+def test_a_run_and_its_resumption_are_recorded_together(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "dvc"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"Running stage '$2':\"\necho '> tlpipe'\nsleep 0.2\nexit $3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(release_run, "OUT", tmp_path / "release_run.json")
+    monkeypatch.setattr(release_run, "LOG", tmp_path / "release_run.log")
+    assert release_run.main(["a@1", "3"]) == 3  # the stand-in exits 3: stopped halfway
+    assert release_run.main(["b@2", "0"]) == 0
+    record = json.loads((tmp_path / "release_run.json").read_text())
+    assert [r["returncode"] for r in record["runs"]] == [3, 0]
+    assert set(record["stages"]) == {"a@1", "b@2"} and all(s >= 0.2 for s in record["stages"].values())
+    assert record["wall_seconds"] == round(sum(r["wall_seconds"] for r in record["runs"]), 1)
+    assert record["machine"]["cores"] == os.cpu_count()
+    log = (tmp_path / "release_run.log").read_text().splitlines()
+    assert sum(line.startswith("# ") for line in log) == 2 and any("Running stage 'b@2'" in line for line in log)
