@@ -8,7 +8,13 @@ the run began; a stage's time runs from DVC's "Running stage 'X'" to the next st
 so it includes DVC saving the stage's outputs to its cache and updating dvc.lock. The times go to
 reports/bench/release_run.json with the machine, the commit and the command. A run stopped and resumed
 (DVC skips the stages it already recorded) adds its stages to the same JSON, each under the run that
-timed it; `wall_seconds` sums the runs.
+timed it; a stage stopped in one run and finished in the next counts both tries; `wall_seconds` sums
+the runs.
+
+Each stage that finished is also written, the moment the next one starts, to
+reports/bench/stage_seconds.json (bench/dag_cost.py's record: seconds, command, when, machine with its
+CPU model and vector extensions): the report_page@ stages of the same run read it there
+(tasks/stages/provenance.py) to name the machine their model trained on. A failed stage is not written.
 
 Why a wrapper and not DVC: `dvc repro` times nothing itself, and `bench/dag_cost.py --run` starts one
 `dvc repro -s` per stage (its start-up counted each time); this times the one run users start.
@@ -31,18 +37,43 @@ sys.path.insert(0, str(ROOT))
 from tasks.core.io import write_json  # noqa: E402
 
 OUT = ROOT / "reports" / "bench" / "release_run.json"
+TIMED = ROOT / "reports" / "bench" / "stage_seconds.json"
 LOG = ROOT / "reports" / "bench" / "release_run.log"
 STARTS = re.compile(r"Running stage '([^']+)'")
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and its widest vector extension (AVX-512 / AVX2 / AVX; a float result
+    can move between them), e.g. "Intel(R) Xeon(R) Processor (AVX-512)"; Linux's /proc/cpuinfo, else
+    what platform knows."""
+    name, flags = None, set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name is None:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    simd = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                 if flag in flags), None)
+    return f"{name} ({simd})" if simd else name
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "processor": platform.machine(), "cpu_model": cpu_model(),
+            "python": platform.python_version()}
+
+
+def record_stage(stage: str, seconds: float, started: float, command: str) -> None:
+    """One finished stage into TIMED (merged; written atomically, as the report stages may read it)."""
+    timed = json.loads(TIMED.read_text()) if TIMED.exists() else {}
+    timed[stage] = {"seconds": round(seconds, 1), "command": command,
+                    "mirror": "$TLPIPE_MIRROR" if os.environ.get("TLPIPE_MIRROR") else None,
+                    "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))}
+    write_json(TIMED, dict(sorted(timed.items())))
 
 
 def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
@@ -60,26 +91,45 @@ def main(argv=None) -> int:
     cmd = ["dvc", "repro", *args.dvc_args]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     LOG.parent.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}
+    # a stage a stopped run was in resumes here: its time is both tries (the trainer resumes from its backup)
+    carried = {}
+    for run in earlier["runs"]:
+        if run["returncode"] != 0 and run["stages"]:
+            name, seconds = list(run["stages"].items())[-1]
+            carried[name] = carried.get(name, 0.0) + seconds
     began, lines = time.time(), []
+    label = f"bench/release_run.py: {' '.join(cmd)} at {commit[:7]}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(LOG, "a", encoding="utf-8") as log:
         log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(began))} {' '.join(cmd)} at {commit}\n")
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", bufsize=1)
+        current = None  # (stage, its start in seconds since `began`)
         for line in proc.stdout:
             t = time.time() - began
             lines.append((t, line.rstrip("\n")))
             log.write(f"{t:9.1f} {line}")
             log.flush()
             sys.stdout.write(line)
+            if m := STARTS.search(line):
+                if current:
+                    record_stage(current[0], t - current[1] + carried.get(current[0], 0.0),
+                                 began + current[1], label)
+                current = (m.group(1), t)
         rc = proc.wait()
     end = time.time() - began
-    record = json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}
+    if current and rc == 0:
+        record_stage(current[0], end - current[1] + carried.get(current[0], 0.0), began + current[1], label)
+    record = earlier
     record["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)), "commit": commit,
                            "command": " ".join(cmd), "returncode": rc, "wall_seconds": round(end, 1),
                            "stages": stage_times(lines, end)})
-    record["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
-    record["stages"] = {name: s for run in record["runs"] for name, s in run["stages"].items()}
+    record["machine"] = machine()
+    record["stages"] = {}  # a stage stopped in one run and finished in the next: both tries
+    for run in record["runs"]:
+        for name, seconds in run["stages"].items():
+            record["stages"][name] = round(record["stages"].get(name, 0.0) + seconds, 1)
     record["wall_seconds"] = round(sum(run["wall_seconds"] for run in record["runs"]), 1)
     write_json(OUT, record)
     print(f"release run: {len(record['stages'])} stages timed, {record['wall_seconds']:.0f} s in all -> "

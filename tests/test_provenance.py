@@ -78,6 +78,14 @@ def test_a_lock_entry_of_another_run_is_flagged_and_a_bench_record_names_the_mac
     assert ("**Machine:** 2 CPUs, x86_64 (CPU model not recorded), from `reports/bench/stage_seconds.json`'s timed "
             "`dvc repro -s train@a_model` of 2026-12-06 05:02:21 (12.0 s wall, this model's fit 9.5 s); "
             "the trainer records only the GPUs it used: 0.") in page
+    # bench/release_run.py's record also names the CPU model and its vector extension
+    release = {**timed, "command": "bench/release_run.py: dvc repro at 6ec29ce",
+               "machine": {"cpus": 2, "processor": "x86_64", "cpu_model": "Intel(R) Xeon(R) Processor (AVX-512)"}}
+    bench.write_text(json.dumps({"train@a_model": release}))
+    assert train_provenance(p, "a_model")["machine"]["cpu_model"] == "Intel(R) Xeon(R) Processor (AVX-512)"
+    page = report_page_stage(p, "a_model")["page"].read_text()
+    assert ("**Machine:** 2 CPUs, x86_64 (Intel(R) Xeon(R) Processor (AVX-512)), from "
+            "`reports/bench/stage_seconds.json`'s timed `bench/release_run.py: dvc repro at 6ec29ce` of") in page
     # a timed run shorter than this model's fit did not make it: not used
     bench.write_text(json.dumps({"train@a_model": {**timed, "seconds": 3.0}}))
     assert train_provenance(p, "a_model")["machine"] == {"recorded": False, "gpus": 0}

@@ -10,9 +10,12 @@ with, and whether that is the train.json beside the model, so a hand-edited or `
 shows up as a mismatch instead of passing as the training run's code.
 
 The machine: the trainers (tasks/cnn, tasks/photo) record only the GPUs they used in train.json;
-`bench/dag_cost.py --run` records the CPU count and architecture of each stage it times in
-reports/bench/stage_seconds.json (also read at report time, also not a dep: it is a benchmark record
-kept in git, no stage's output). Neither records the CPU model; nothing here guesses one.
+the CPU is recorded by the run that timed the stage, in reports/bench/stage_seconds.json (also read at
+report time, also not a dep: it is a benchmark record kept in git, no stage's output):
+`bench/release_run.py` (the whole `dvc repro`, each stage written as it finishes) records the CPU count,
+architecture and CPU model with its widest vector extension (AVX2 / AVX-512: the cards fine-tune moved
+by 3 points between the two); `bench/dag_cost.py --run` the CPU count and architecture. Nothing here
+guesses a CPU model that no record holds.
 
 Reads files only (plain YAML/JSON): DVC's API would wait for the repo lock that the `dvc repro`
 running report_page@ holds.
@@ -75,7 +78,7 @@ def file_md5(path: Path) -> str | None:
 
 def machine_of(root: Path, stage: str, train: dict) -> dict:
     """The machine a train stage ran on, as far as anything recorded it: {"recorded": bool, "source",
-    "cpus", "processor", "when", "gpus"}; the CPU model is never recorded, so never given."""
+    "cpus", "processor", "cpu_model", "when", "gpus"}; "cpu_model" only where the record has it."""
     record: dict = {"recorded": False, "gpus": train.get("gpus")}
     timed = _json(Path(root) / BENCH_FILE).get(stage) or {}
     machine = timed.get("machine") or {}
@@ -86,6 +89,8 @@ def machine_of(root: Path, stage: str, train: dict) -> dict:
         record.update(recorded=True, source=BENCH_FILE, command=timed.get("command"), when=timed.get("when"),
                       seconds=timed.get("seconds"), fit_seconds=fit, cpus=machine.get("cpus"),
                       processor=machine.get("processor"))
+        if machine.get("cpu_model"):
+            record["cpu_model"] = machine["cpu_model"]
     return record
 
 
