@@ -33,11 +33,14 @@ def test_a_run_and_its_resumption_are_recorded_together(tmp_path, monkeypatch):
     assert release_run.main(["a@1", "3"]) == 3  # the stand-in exits 3: stopped halfway
     assert release_run.main(["a@1", "0"]) == 0  # resumed: a@1 finishes
     assert release_run.main(["b@2", "0"]) == 0
+    assert release_run.main(["b@2", "0"]) == 0  # run again (dvc repro -f): the later run's time counts
     record = json.loads((tmp_path / "release_run.json").read_text())
-    assert [r["returncode"] for r in record["runs"]] == [3, 0, 0]
+    assert [r["returncode"] for r in record["runs"]] == [3, 0, 0, 0]
     assert set(record["stages"]) == {"a@1", "b@2"} and all(s >= 0.2 for s in record["stages"].values())
     assert record["stages"]["a@1"] == round(record["runs"][0]["stages"]["a@1"] + record["runs"][1]["stages"]["a@1"], 1)
     assert record["wall_seconds"] == round(sum(r["wall_seconds"] for r in record["runs"]), 1)
+    assert record["stages"]["b@2"] == record["runs"][3]["stages"]["b@2"]
+    assert record["dag_seconds"] == round(sum(record["stages"].values()), 1) < record["wall_seconds"] + 0.1
     assert record["machine"]["cpus"] == os.cpu_count()
     timed = json.loads((tmp_path / "stage_seconds.json").read_text())
     assert set(timed) == {"old@0", "a@1", "b@2"}  # a@1 written once finished, with both tries' time
@@ -45,7 +48,7 @@ def test_a_run_and_its_resumption_are_recorded_together(tmp_path, monkeypatch):
     assert timed["b@2"]["seconds"] >= 0.2 and timed["b@2"]["machine"] == release_run.machine()
     assert timed["b@2"]["command"].startswith("bench/release_run.py: dvc repro b@2 0 at ")
     log = (tmp_path / "release_run.log").read_text().splitlines()
-    assert sum(line.startswith("# ") for line in log) == 3 and any("Running stage 'b@2'" in line for line in log)
+    assert sum(line.startswith("# ") for line in log) == 4 and any("Running stage 'b@2'" in line for line in log)
 
 
 def test_the_cpu_model_names_its_widest_vector_extension(tmp_path):
