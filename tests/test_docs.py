@@ -2,6 +2,7 @@
 the test command .ci/run runs); the rest lives in docs/, one topic a page, every page on the README's map;
 every relative link in README.md and docs/*.md resolves, anchors included, and every project file or test a
 page names exists."""
+import json
 import re
 from pathlib import Path
 
@@ -108,7 +109,12 @@ def test_the_readme_opens_with_the_install_and_test_commands_that_ci_runs():
     assert blocks[0].strip() == INSTALL, "the README's first code block is the install-and-run line"
     assert blocks[1].strip() == TESTS, "the README's second code block is the test command"
     before_install = text[:text.index(INSTALL)]
-    assert re.search(r"\*\*about [^*]+\*\*", before_install), "say how long the whole DAG takes, in bold"
+    took = re.search(r"\*\*(\d+) min on (\d+) cores\*\*", before_install)
+    assert took, "say how long the whole DAG takes, in bold: the release run's measured minutes"
+    run = json.loads((REPO / "reports/bench/release_run.json").read_text())
+    assert (int(took[1]), int(took[2])) == (round(run["dag_seconds"] / 60), run["machine"]["cpus"]), \
+        "the README's time is reports/bench/release_run.json's"
+    assert f"{run['dag_seconds']:,.0f} s" in before_install
     assert "## Your own photos in 5 minutes" in text
     assert "TLPIPE_MIRROR=../shared/data" in text, "the README keeps the mirror line"
     ci = [ln.strip() for ln in (REPO / ".ci/run").read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
