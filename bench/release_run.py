@@ -77,6 +77,21 @@ def record_stage(stage: str, seconds: float, started: float, command: str) -> No
     write_json(TIMED, dict(sorted(timed.items())))
 
 
+def totals(runs: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """({stage: seconds}, {stage: seconds of tries not finished yet}) over `runs` in order: a stage stopped
+    in one run (a failed run's last stage) and finished in a later one counts both tries; a stage run
+    again later (dvc repro -f) counts the later run."""
+    done, stopped = {}, {}
+    for run in runs:
+        items = list(run["stages"].items())
+        for i, (name, seconds) in enumerate(items):
+            if run["returncode"] != 0 and i == len(items) - 1:
+                stopped[name] = stopped.get(name, 0.0) + seconds
+            else:
+                done[name] = round(seconds + stopped.pop(name, 0.0), 1)
+    return done, stopped
+
+
 def stage_times(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
     """{stage: seconds} from (seconds since start, line) pairs: each stage from its start line to the
     next one's (or `end`)."""
@@ -93,12 +108,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     LOG.parent.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}
-    # a stage a stopped run was in resumes here: its time is both tries (the trainer resumes from its backup)
-    carried = {}
-    for run in earlier["runs"]:
-        if run["returncode"] != 0 and run["stages"]:
-            name, seconds = list(run["stages"].items())[-1]
-            carried[name] = carried.get(name, 0.0) + seconds
+    carried = totals(earlier["runs"])[1]  # a stage a stopped run was in and no run finished since: both tries
     began, lines = time.time(), []
     label = f"bench/release_run.py: {' '.join(cmd)} at {commit[:7]}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -127,14 +137,7 @@ def main(argv=None) -> int:
                            "command": " ".join(cmd), "returncode": rc, "wall_seconds": round(end, 1),
                            "stages": stage_times(lines, end)})
     record["machine"] = machine()
-    record["stages"], stopped = {}, {}  # a stage stopped in one run and finished in the next: both tries;
-    for run in record["runs"]:              # a stage run again later (dvc repro -f): the later run's time
-        items = list(run["stages"].items())
-        for i, (name, seconds) in enumerate(items):
-            if run["returncode"] != 0 and i == len(items) - 1:
-                stopped[name] = stopped.get(name, 0.0) + seconds
-            else:
-                record["stages"][name] = round(seconds + stopped.pop(name, 0.0), 1)
+    record["stages"] = totals(record["runs"])[0]
     record["dag_seconds"] = round(sum(record["stages"].values()), 1)  # the whole DAG, each stage once
     record["wall_seconds"] = round(sum(run["wall_seconds"] for run in record["runs"]), 1)
     write_json(OUT, record)

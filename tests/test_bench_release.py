@@ -45,10 +45,14 @@ def test_a_run_and_its_resumption_are_recorded_together(tmp_path, monkeypatch):
     timed = json.loads((tmp_path / "stage_seconds.json").read_text())
     assert set(timed) == {"old@0", "a@1", "b@2"}  # a@1 written once finished, with both tries' time
     assert timed["a@1"]["seconds"] >= 0.4
+    assert release_run.main(["a@1", "0"]) == 0  # run again: its own time only, the stopped try is spent
+    timed = json.loads((tmp_path / "stage_seconds.json").read_text())
+    again = json.loads((tmp_path / "release_run.json").read_text())
+    assert timed["a@1"]["seconds"] == again["stages"]["a@1"] == again["runs"][-1]["stages"]["a@1"]
     assert timed["b@2"]["seconds"] >= 0.2 and timed["b@2"]["machine"] == release_run.machine()
     assert timed["b@2"]["command"].startswith("bench/release_run.py: dvc repro b@2 0 at ")
     log = (tmp_path / "release_run.log").read_text().splitlines()
-    assert sum(line.startswith("# ") for line in log) == 4 and any("Running stage 'b@2'" in line for line in log)
+    assert sum(line.startswith("# ") for line in log) == 5 and any("Running stage 'b@2'" in line for line in log)
 
 
 def test_the_cpu_model_names_its_widest_vector_extension(tmp_path):
