@@ -18,6 +18,7 @@ takes ~10 % of it) and with the load other jobs put on the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -60,23 +61,56 @@ def recorded(root: Path, stage: str, timed: dict) -> tuple[float | None, str | N
     return None, None
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and its widest vector extension (AVX-512 / AVX2 / AVX; a float result
+    can move between them), e.g. "Intel(R) Xeon(R) Processor (AVX-512)"; Linux's /proc/cpuinfo, else
+    what platform knows."""
+    name, flags = None, set()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name is None:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    simd = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                 if flag in flags), None)
+    return f"{name} ({simd})" if simd else name
+
+
+@functools.lru_cache(maxsize=None)
+def machine() -> dict:
+    """This machine as a stage record names it (tasks/stages/provenance.py reads it for the model pages)."""
+    return {"cpus": os.cpu_count(), "processor": platform.machine(), "cpu_model": cpu_model(),
+            "python": platform.python_version()}
+
+
+def record_stage(stage: str, seconds: float, started: float, command: str) -> None:
+    """One finished stage into TIMED (merged; written atomically, as report stages may read it meanwhile):
+    its seconds, the command that timed it, when it started (UTC) and the machine. The one writer of
+    stage_seconds.json, for `--run` here and for bench/release_run.py."""
+    timed = _json(TIMED)
+    timed[stage] = {"seconds": round(seconds, 1), "command": command,
+                    "mirror": "$TLPIPE_MIRROR" if os.environ.get("TLPIPE_MIRROR") else None,
+                    "machine": dict(machine()), "when": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))}
+    write_json(TIMED, dict(sorted(timed.items())))
+
+
 def run_stages(root: Path, stages: list[str]) -> None:
     """`dvc repro -s <stage>` for each, one at a time, its wall time merged into stage_seconds.json."""
-    timed = _json(TIMED)
     for stage in stages:
         command = f"dvc repro -s {stage}"
-        start = time.perf_counter()
+        began, start = time.time(), time.perf_counter()
         done = subprocess.run(["dvc", "repro", "-s", stage], cwd=root)
         seconds = round(time.perf_counter() - start, 1)
         if done.returncode:  # a failed stage (a check's fail verdict) is not a recorded time; the next ones run
             print(f"{stage}: failed (exit {done.returncode}) after {seconds} s; not recorded", flush=True)
             continue
-        timed[stage] = {"seconds": seconds, "command": command,
-                        "mirror": "$TLPIPE_MIRROR" if os.environ.get("TLPIPE_MIRROR") else None,
-                        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        record_stage(stage, seconds, began, command)
         print(f"{stage}: {seconds} s", flush=True)
-        write_json(TIMED, dict(sorted(timed.items())))
 
 
 def main(argv=None) -> int:

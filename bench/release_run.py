@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -37,44 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.core.io import write_json  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from dag_cost import cpu_model, machine, record_stage  # noqa: E402,F401  (stage_seconds.json's one writer)
+
 OUT = ROOT / "reports" / "bench" / "release_run.json"
-TIMED = ROOT / "reports" / "bench" / "stage_seconds.json"
 LOG = ROOT / "reports" / "bench" / "release_run.log"
 STARTS = re.compile(r"Running stage '([^']+)'")
-
-
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name and its widest vector extension (AVX-512 / AVX2 / AVX; a float result
-    can move between them), e.g. "Intel(R) Xeon(R) Processor (AVX-512)"; Linux's /proc/cpuinfo, else
-    what platform knows."""
-    name, flags = None, set()
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name is None:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    simd = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
-                 if flag in flags), None)
-    return f"{name} ({simd})" if simd else name
-
-
-def machine() -> dict:
-    return {"cpus": os.cpu_count(), "processor": platform.machine(), "cpu_model": cpu_model(),
-            "python": platform.python_version()}
-
-
-def record_stage(stage: str, seconds: float, started: float, command: str) -> None:
-    """One finished stage into TIMED (merged; written atomically, as the report stages may read it)."""
-    timed = json.loads(TIMED.read_text()) if TIMED.exists() else {}
-    timed[stage] = {"seconds": round(seconds, 1), "command": command,
-                    "mirror": "$TLPIPE_MIRROR" if os.environ.get("TLPIPE_MIRROR") else None,
-                    "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))}
-    write_json(TIMED, dict(sorted(timed.items())))
 
 
 def totals(runs: list[dict]) -> tuple[dict[str, float], dict[str, float]]:

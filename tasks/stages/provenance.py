@@ -12,10 +12,10 @@ shows up as a mismatch instead of passing as the training run's code.
 The machine: the trainers (tasks/cnn, tasks/photo) record only the GPUs they used in train.json;
 the CPU is recorded by the run that timed the stage, in reports/bench/stage_seconds.json (also read at
 report time, also not a dep: it is a benchmark record kept in git, no stage's output):
-`bench/release_run.py` (the whole `dvc repro`, each stage written as it finishes) records the CPU count,
-architecture and CPU model with its widest vector extension (AVX2 / AVX-512: the cards fine-tune moved
-by 3 points between the two); `bench/dag_cost.py --run` the CPU count and architecture. Nothing here
-guesses a CPU model that no record holds.
+`bench/release_run.py` (the whole `dvc repro`, each stage written as it finishes) and `bench/dag_cost.py
+--run` (one stage at a time) record the CPU count, architecture and CPU model with its widest vector
+extension (AVX2 / AVX-512: the cards fine-tune moved by 3 points between the two); older records hold
+the first two only. Nothing here guesses a CPU model that no record holds.
 
 Reads files only (plain YAML/JSON): DVC's API would wait for the repo lock that the `dvc repro`
 running report_page@ holds.
