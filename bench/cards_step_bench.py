@@ -7,9 +7,9 @@ Each configuration runs in its own process (TensorFlow's thread pools are proces
 uint8 images and one-hot labels, with the project's own code: the phone recipe's training model
 (`tasks.photo.train.build`: augmentation + MobileNetV2 0.35 at the recipe's size, every layer and BN training,
 `enable_op_determinism` as `tasks.fit.setup` sets it), the same without augmentation or at another size, and
-a compact CNN from scratch at 128 px (the issue's "cheapest route" candidate: 5 blocks of conv + separable
-conv with BN, GAP, softmax; written here, it is not a recipe). One warm-up fit, then images/s over `steps`
-steps of 32, and the process's CPU seconds per wall second (2.0 = both cores busy). Ratios are against the
+a compact CNN from scratch at 128 px (the issue's "cheapest route" candidate: base `compact_cnn`,
+tasks/photo/compact.py, random init, with the recipe's head and augmentation). One warm-up fit, then images/s
+over `steps` steps of 32, and the process's CPU seconds per wall second (2.0 = both cores busy). Ratios are against the
 first row of the same run. Prints a table, writes reports/bench/cards_step.json.
 """
 from __future__ import annotations
@@ -32,21 +32,8 @@ CONFIGS = [  # name, settings
     ("no augmentation", dict(size=160, augment=False)),
     ("at 224 px", dict(size=224, augment=True)),
     ("at 128 px", dict(size=128, augment=True)),
-    ("compact CNN from scratch at 128 px", dict(size=128, augment=True, compact=True)),
+    ("compact CNN from scratch at 128 px", dict(size=128, augment=True, base="compact_cnn", alpha=1.0)),
 ]
-
-
-def compact_cnn(size: int, classes: int):
-    import keras
-    from keras import layers
-
-    inputs = keras.Input((224, 224, 3), name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0)(layers.Resizing(size, size)(inputs))
-    for filters in (32, 64, 128, 192, 256):
-        x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)))
-        x = layers.ReLU()(layers.BatchNormalization()(layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)))
-        x = layers.MaxPooling2D()(x)
-    return keras.Model(inputs, layers.Dense(classes, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
 
 
 def run_one(cfg: dict, steps: int) -> dict:
@@ -56,26 +43,21 @@ def run_one(cfg: dict, steps: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from tasks.photo import augment as aug
     from tasks.photo import backbones
     from tasks.photo.train import build, compile_for, photo_recipe, set_bn_momentum
 
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
-    recipe = photo_recipe({"base": "mobilenet_v2", "alpha": 0.35, "image_size": cfg["size"], "head": "ours",
-                           "dropout": 0.2, "augment": AUGMENT if cfg["augment"] else False, "train_bn": True,
+    recipe = photo_recipe({"base": cfg.get("base", "mobilenet_v2"), "alpha": cfg.get("alpha", 0.35),
+                           "image_size": cfg["size"], "head": "ours", "dropout": 0.2, "augment": AUGMENT if cfg["augment"] else False, "train_bn": True,
                            "bn_momentum": 0.9, "label_smoothing": 0.1}, "bench")
     manifest = {"image_shape": [224, 224, 3], "num_classes": 53}
-    if cfg.get("compact"):
-        model = compact_cnn(cfg["size"], 53)
-        augment = aug.augmenter(AUGMENT, 7)
-        t_in = keras.Input((224, 224, 3), dtype="uint8")
-        train_model = keras.Model(t_in, model(augment(t_in)))
-    else:
-        weights = ROOT / "data" / "weights" / "mobilenet_v2_035_224"
-        model, base, train_model = build(recipe, manifest, weights if weights.exists() else None)
-        set_bn_momentum(base, 0.9)
-        backbones.set_trainable(base, 0, True)
+    weights = ROOT / "data" / "weights" / "mobilenet_v2_035_224"
+    if "base" in cfg or not weights.exists():
+        weights = None  # the compact CNN starts from random init
+    model, base, train_model = build(recipe, manifest, weights)
+    set_bn_momentum(base, 0.9)
+    backbones.set_trainable(base, 0, True)
     compile_for(train_model, 1e-4, recipe)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (32 * steps, 224, 224, 3), dtype=np.uint8)

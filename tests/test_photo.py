@@ -280,6 +280,26 @@ def test_on_the_fly_random_init_trains_everything(data, tmp_path):
     assert model.input.dtype == "uint8"
 
 
+def test_compact_cnn_from_scratch_is_seeded_and_trains_every_layer(data, tmp_path):
+    """Issue 29's lever: base `compact_cnn` (tasks/photo/compact.py) from random init, every kernel re-drawn
+    from the seed, trained end to end in the fine-tune phase alone (no head phase), and saved uint8 in."""
+    with python_rng_churn():
+        a, b, c = (backbones.build_base("compact_cnn", SIZE, 0.5, None, seed=s) for s in (1, 1, 2))
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    for name in ("stem_conv", "stage1_1_dw", "stage4_2_pw"):
+        assert not np.array_equal(a.get_layer(name).get_weights()[0], c.get_layer(name).get_weights()[0]), name
+    assert a.output_shape == (None, 1, 1, 192)  # 1/32 of the side; the last stage's 384 channels x alpha
+    r = recipe(base="compact_cnn", alpha=0.5, head_epochs=0, fine_tune_epochs=2, fine_tune_from=0, train_bn=True,
+               fine_tune_lr=0.01, fine_tune_schedule="cosine", steps_per_epoch=3, init="tasks/photo/compact.py")
+    summary = photo_train("m", {"models": {"m": r}}, data["processed"], tmp_path / "m", Path("tasks/photo/compact.py"))
+    assert summary["weights_sha256"] is None and summary["epochs_per_phase"] == {"head": 0, "fine_tune": 2}
+    assert summary["recipe"]["train_bn"] is True and summary["trainable_params"] > 0.95 * summary["params"]
+    assert [h["phase"] for h in json.loads((tmp_path / "m" / "history.json").read_text())] == ["fine_tune"] * 2
+    model = keras.models.load_model(tmp_path / "m" / "model.keras")
+    assert model.input.dtype == "uint8" and model.output_shape == (None, CLASSES)
+
+
 def test_study_banknotes_head_on_a_weights_file(data):
     from tasks.photo.train import build, resolve
 

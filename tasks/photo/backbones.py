@@ -1,4 +1,4 @@
-"""Phone-sized bases by name (MobileNets, EfficientNet-Lite0), their weights from a local file only, and
+"""Phone-sized bases by name (MobileNets, EfficientNet-Lite0, a compact CNN for random init), their weights from a local file only, and
 the uint8 -> features front.
 
 Keras would download ImageNet weights for `weights="imagenet"`; we never let it: a base gets either a
@@ -16,7 +16,7 @@ from keras import layers
 
 from tasks.core.hashing import sha256_file
 from tasks.core.seeds import Seeds
-from tasks.photo import efficientnet_lite
+from tasks.photo import compact, efficientnet_lite
 
 BASES = {
     "mobilenet": lambda **kw: keras.applications.MobileNet(**kw),
@@ -24,6 +24,7 @@ BASES = {
     "mobilenet_v3_small": lambda **kw: keras.applications.MobileNetV3Small(include_preprocessing=False, **kw),
     "mobilenet_v3_large": lambda **kw: keras.applications.MobileNetV3Large(include_preprocessing=False, **kw),
     "efficientnet_lite0": lambda input_shape, alpha, **kw: efficientnet_lite.efficientnet_lite0(input_shape),
+    "compact_cnn": lambda input_shape, alpha, **kw: compact.compact_cnn(input_shape, alpha),  # from scratch only
 }
 MOBILENET_PREPROCESS = (1 / 127.5, -1.0)  # x / 127.5 - 1
 PREPROCESS = {"efficientnet_lite0": efficientnet_lite.PREPROCESS}  # (scale, offset); others: MobileNet's
