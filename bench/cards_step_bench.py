@@ -49,7 +49,8 @@ def run_one(cfg: dict, steps: int) -> dict:
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
     recipe = photo_recipe({"base": cfg.get("base", "mobilenet_v2"), "alpha": cfg.get("alpha", 0.35),
-                           "image_size": cfg["size"], "head": "ours", "dropout": 0.2, "augment": AUGMENT if cfg["augment"] else False, "train_bn": True,
+                           "image_size": cfg["size"], "head": "ours", "dropout": 0.2,
+                           "augment": AUGMENT if cfg["augment"] else False, "train_bn": True,
                            "bn_momentum": 0.9, "label_smoothing": 0.1}, "bench")
     manifest = {"image_shape": [224, 224, 3], "num_classes": 53}
     weights = ROOT / "data" / "weights" / "mobilenet_v2_035_224"

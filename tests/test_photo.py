@@ -292,7 +292,8 @@ def test_compact_cnn_from_scratch_is_seeded_and_trains_every_layer(data, tmp_pat
     assert a.output_shape == (None, 1, 1, 192)  # 1/32 of the side; the last stage's 384 channels x alpha
     r = recipe(base="compact_cnn", alpha=0.5, head_epochs=0, fine_tune_epochs=2, fine_tune_from=0, train_bn=True,
                fine_tune_lr=0.01, fine_tune_schedule="cosine", steps_per_epoch=3, init="tasks/photo/compact.py")
-    summary = photo_train("m", {"models": {"m": r}}, data["processed"], tmp_path / "m", Path("tasks/photo/compact.py"))
+    summary = photo_train("m", {"models": {"m": r}}, data["processed"], tmp_path / "m",
+                          Path("tasks/photo/compact.py"))
     assert summary["weights_sha256"] is None and summary["epochs_per_phase"] == {"head": 0, "fine_tune": 2}
     assert summary["recipe"]["train_bn"] is True and summary["trainable_params"] > 0.95 * summary["params"]
     assert [h["phase"] for h in json.loads((tmp_path / "m" / "history.json").read_text())] == ["fine_tune"] * 2

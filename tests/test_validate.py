@@ -221,7 +221,7 @@ def test_a_bad_value_fails_in_one_line_naming_its_key(path, value, expected):
                                          "tasks/cnn/models.py)"),
     ("models.cards_ours_v2_100.head", "big", "head must be one of study_cards, study_banknotes, ours, spatial"),
     ("models.cards_study_v2_035.base", "resnet50", "base must be one of mobilenet, mobilenet_v2, "
-                                                   "mobilenet_v3_small, mobilenet_v3_large, efficientnet_lite0 (BASES in"),
+                                                   "mobilenet_v3_small, mobilenet_v3_large, efficientnet_lite0, compact_cnn (BASES in"),
     ("features.cards_v2_100.base", "resnet50", "(BASES in tasks/photo/backbones.py), got 'resnet50'"),
     ("prepare.cards.resize", "stretch", "resize must be one of squash, crop (RESIZE in tasks/prepare/images.py)"),
     ("fetch.emnist_letters.format", "zip", "format must be one of mat, idx, auto"),
