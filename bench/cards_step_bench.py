@@ -54,8 +54,8 @@ def run_one(cfg: dict, steps: int) -> dict:
                            "bn_momentum": 0.9, "label_smoothing": 0.1}, "bench")
     manifest = {"image_shape": [224, 224, 3], "num_classes": 53}
     weights = ROOT / "data" / "weights" / "mobilenet_v2_035_224"
-    if "base" in cfg or not weights.exists():
-        weights = None  # the compact CNN starts from random init
+    if "base" in cfg or not weights.exists():  # the compact CNN, or no weights fetched yet: random init
+        weights = None
     model, base, train_model = build(recipe, manifest, weights)
     set_bn_momentum(base, 0.9)
     backbones.set_trainable(base, 0, True)
