@@ -144,8 +144,25 @@ def wait_for(url, run_id, worker, worker_log, timeout=600) -> dict:
 
 
 def logs_of(url, run_id) -> str:
-    rows = api(url, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    return "\n".join(r["message"] for r in rows)
+    """Every log line of a flow run, oldest first (the API answers at most 200 rows a page)."""
+    rows, page = [], 200
+    while True:
+        got = api(url, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                     "sort": "TIMESTAMP_ASC", "limit": page, "offset": len(rows)})
+        rows += got
+        if len(got) < page:
+            return "\n".join(r["message"] for r in rows)
+
+
+def wait_for_log(url, run_id, *texts, timeout=60) -> str:
+    """The run's logs once they contain every one of `texts` (or at the timeout): a finished run's last
+    lines reach the API after its state does (its process sends logs in batches, the last as it exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = logs_of(url, run_id)
+        if all(t in logs for t in texts) or time.monotonic() > deadline:
+            return logs
+        time.sleep(1)
 
 
 def outputs(repo: Path) -> dict:
@@ -203,7 +220,8 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, de
         assert manifest["splits"]["test"]["count"] == 30
         assert all((repo / "data/processed/mnist" / s["file"]).is_file()
                    for split in manifest["splits"].values() for s in split["shards"])
-        assert "dvc push to storage (s3://" in logs_of(url, first["id"])  # pushed after the run
+        pushed = "dvc push to storage (s3://"  # logged by the run as it pushes, after the pipeline
+        assert pushed in wait_for_log(url, first["id"], pushed)
         fetched = len(http_server.requests)
         assert fetched > 0
         before = outputs(repo)

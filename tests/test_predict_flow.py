@@ -3,13 +3,12 @@
 a real Prefect server on 127.0.0.1 (its own PREFECT_HOME), the process work pool, `tlpipe deploy`, a
 worker, a run with parameters; every process started here is stopped by its PID (tests/test_deploy.py)."""
 import shutil
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from predict_fixtures import BROKEN, IMAGES, photo_folder, rgb_int8
-from test_deploy import BIN, api, logs_of, prefect_server, run, start, stop, tail, wait_for  # noqa: F401
+from test_deploy import BIN, api, logs_of, prefect_server, run, start, stop, tail, wait_for, wait_for_log  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,12 +68,7 @@ def test_predict_folder_deployment_runs_on_a_process_worker(prefect_server, tmp_
         expected = [f"{len(IMAGES)} images -> out/predictions.parquet (model model_int8.tflite",
                     f"{len(IMAGES)} images, {len(IMAGES) - 2} classified, 2 failed",
                     "2 of 9 images could not be classified"]
-        deadline = time.monotonic() + 60
-        while True:  # the run's last log lines reach the API after its state does
-            logs = logs_of(url, flow_run["id"])
-            if all(e in logs for e in expected) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        logs = wait_for_log(url, flow_run["id"], *expected)
     finally:
         stop(worker)
     rows = pq.read_table(repo / "out" / "predictions.parquet").to_pylist()  # relative to the checkout
