@@ -49,7 +49,7 @@ def main() -> None:
     import keras
 
     from tasks.evaluate.metrics import evaluation_split, load_arrays
-    from tasks.evaluate.export import run_tflite, to_tflite_int8
+    from tasks.evaluate.export import to_tflite_int8
     from tasks.records.shards import load_manifest
 
     model_dir, processed = Path(args.model_dir), Path(args.processed)
@@ -65,19 +65,15 @@ def main() -> None:
     train_x, _, _ = load_arrays(processed, "train", limit=args.pool * max(args.samples))
     if args.float_layers:
         report["float_layer_runs"] = float_layer_runs(model, train_x, images, labels, keras_pred, args)
-        args.samples = []
+        args.samples = []  # the calibration-size table below is the other mode
     else:
         print(f"{'samples':>8} {'accuracy':>9} {'agreement':>10} {'disagree':>9} {'of them ties':>13} {'convert s':>10}")
     for n in args.samples:
-        pool = train_x[:args.pool * n]
-        rep = pool[np.random.default_rng(args.seed).permutation(len(pool))[:n]]
+        rep = draw(train_x, n, args)
         start = time.perf_counter()
         blob = to_tflite_int8(model, rep)
         seconds = time.perf_counter() - start
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.tflite"
-            path.write_bytes(blob)
-            scores = run_tflite(path, images, 64, 1)
+        scores = tflite_scores(blob, images)
         pred = scores.argmax(axis=1)
         top = np.sort(scores, axis=1)[:, -2:]
         differ = pred != keras_pred
@@ -92,13 +88,28 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+def draw(train_x: np.ndarray, n: int, args) -> np.ndarray:
+    """export@'s calibration draw for `n` samples: a seeded permutation of the first pool x n train images."""
+    pool = train_x[:args.pool * n]
+    return pool[np.random.default_rng(args.seed).permutation(len(pool))[:n]]
+
+
+def tflite_scores(blob: bytes, images: np.ndarray) -> np.ndarray:
+    """The converted model's scores over `images` (one thread, as export@'s parity check)."""
+    from tasks.evaluate.export import run_tflite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.tflite"
+        path.write_bytes(blob)
+        return run_tflite(path, images, 64, 1)
+
+
 def float_layer_runs(model, train_x, images, labels, keras_pred, args) -> list[dict]:
     """export@'s int8 with each `N:ABOVE` of --float-layers, from one calibration (see the docstring)."""
-    from tasks.evaluate.export import int8_calibration, int8_error_layers, run_tflite, to_tflite_int8
+    from tasks.evaluate.export import int8_calibration, int8_error_layers, to_tflite_int8
 
     n = args.samples[0]
-    pool = train_x[:args.pool * n]
-    rep = pool[np.random.default_rng(args.seed).permutation(len(pool))[:n]]
+    rep = draw(train_x, n, args)
     calibrated = int8_calibration(model, rep, "int8 calibration", args.debug_samples)
     layers = int8_error_layers(model, rep, {"int8_float_layers": 10**6, "int8_float_above": 0.0},
                                calibrated=calibrated)  # every layer, worst first
@@ -108,10 +119,7 @@ def float_layer_runs(model, train_x, images, labels, keras_pred, args) -> list[d
         limit, above = setting.split(":")
         keep = [r for r in layers if r["rmse_steps"] > float(above)][:int(limit)]
         blob = to_tflite_int8(model, rep, "int8", [r["tensor"] for r in keep], calibrated)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.tflite"
-            path.write_bytes(blob)
-            pred = run_tflite(path, images, 64, 1).argmax(axis=1)
+        pred = tflite_scores(blob, images).argmax(axis=1)
         row = {"int8_float_layers": int(limit), "int8_float_above": float(above), "samples": n,
                "float_layers": [{"op": r["op"], "rmse_steps": r["rmse_steps"]} for r in keep],
                "accuracy": float(np.mean(pred == labels)), "agreement": float(np.mean(pred == keras_pred)),
